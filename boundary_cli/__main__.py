@@ -1,0 +1,3 @@
+from boundary_cli.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Classifiers whose first layer normalises, so every input and distance is in pixel units."""

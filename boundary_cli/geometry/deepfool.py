@@ -1,0 +1,348 @@
+"""Batched DeepFool, in the full input space or inside DCT block subspaces (hold-me-tight §1.5).
+
+Semantics are exactly those of the reference per-sample algorithm: the candidate classes are the
+top-k of the logits at x and stay fixed; each iteration takes the gradient at ``x + r``, picks the
+candidate with the smallest ``|f_k - f_0| / ‖P w_k‖`` (P the projection onto the subspace, identity
+in full space), steps by ``max(that ratio, 1e-4)`` along the unit vector ``P w_k / ‖P w_k‖``, and
+stops when ``x + (1 + overshoot) r`` changes the label. The margin is ``‖(1 + overshoot) r‖``, in
+the pixel units of x. Rows that reach ``max_iter`` keep their margin and are flagged
+``converged=False``; rows whose (projected) gradients all vanish cannot move and get margin inf,
+also flagged. A projected gradient counts as vanished below ``INVARIANT_RTOL`` times its full norm.
+
+Rows are (sample, subspace) pairs. At most ``batch_rows`` are in flight; a finished row leaves the
+batch and the next pending row takes its place, so the batch stays full until the work runs out.
+Per iteration and row: one forward with gradients, K'-1 vector-Jacobian products (K' candidates)
+and one forward without gradients for the stop test, plus one host sync per iteration to retire
+finished rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from boundary_cli.geometry.dct import DCTBlock, block_coefficients, block_rows, block_synthesis
+
+VJP_METHODS = ("loop", "batched")
+MIN_STEP = 1e-4
+INVARIANT_RTOL = 1e-5  # ‖P w‖ <= this × ‖w‖ counts as zero (float32 DCT rounding is ~1e-6)
+
+
+@dataclass
+class DeepFoolResult:
+    """Per-row outputs of DeepFool. Leading shape ``(B,)`` for :func:`deepfool`, ``(S, B)`` for
+    :func:`deepfool_subspaces` (S = subspaces, full space first when included).
+
+    Attributes:
+        perturbation: (..., C, H, W) ``x_adv - x`` with ``x_adv = x + (1 + overshoot) r`` (clipped
+            when clipping is on), or None when not kept.
+        margin: (...) L2 norm of the perturbation, pixel units; inf when the row could not move.
+        margin_linf: (...) L-inf norm of the perturbation.
+        iterations: (...) int64 iterations run.
+        converged: (...) bool, True when ``adv_label != prediction``.
+        prediction: (...) int64 label the model gives x (not the ground truth).
+        adv_label: (...) int64 label the model gives ``x + perturbation``.
+        n_forward: forwards summed over rows (two per row-iteration).
+        n_backward: vector-Jacobian products summed over rows (K'-1 per row-iteration).
+    """
+
+    perturbation: Tensor | None
+    margin: Tensor
+    margin_linf: Tensor
+    iterations: Tensor
+    converged: Tensor
+    prediction: Tensor
+    adv_label: Tensor
+    n_forward: int = 0
+    n_backward: int = 0
+
+
+@contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Freeze the parameters for the duration so backward passes compute input gradients only.
+
+    Restores every parameter's ``requires_grad`` afterwards; nothing about the model changes.
+    Refuses a model in training mode: with batch statistics, samples in a batch interact and the
+    batched gradients would not be per-sample gradients.
+    """
+    if model.training:
+        raise ValueError("DeepFool needs the model in eval mode (call model.eval()): in training mode "
+                         "BatchNorm and dropout make rows of a batch depend on each other")
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def difference_grads(logits: Tensor, x: Tensor, cand: Tensor, method: str = "loop") -> Tensor:
+    """Gradients of the candidate logit differences with respect to the input.
+
+    Args:
+        logits: (B, K) logits computed from ``x`` with the graph kept.
+        x: (B, C, H, W) input that requires grad.
+        cand: (B, K') candidate classes, column 0 the current label k0.
+        method: ``loop`` (K'-1 calls of ``torch.autograd.grad`` with ``retain_graph``) or
+            ``batched`` (one vmapped backward with ``is_grads_batched=True``).
+
+    Returns:
+        (K'-1, B, C, H, W) with entry j = ∇x (f_{cand[:, j+1]} - f_{cand[:, 0]}). Valid as
+        per-sample gradients only when rows do not interact (eval mode).
+    """
+    n_diff = cand.shape[1] - 1
+    if method == "loop":
+        sel = logits.gather(1, cand)
+        diffs = sel[:, 1:] - sel[:, :1]
+        out = torch.empty((n_diff, *x.shape), dtype=x.dtype, device=x.device)
+        for j in range(n_diff):
+            (out[j],) = torch.autograd.grad(diffs[:, j].sum(), x, retain_graph=j < n_diff - 1)
+        return out
+    if method == "batched":
+        v = torch.zeros((n_diff, *logits.shape), dtype=logits.dtype, device=logits.device)
+        v.scatter_(2, cand[:, 1:].T.unsqueeze(-1), 1.0)
+        v.scatter_(2, cand[:, :1].T.expand(n_diff, -1).unsqueeze(-1), -1.0)
+        (g,) = torch.autograd.grad(logits, x, grad_outputs=v, is_grads_batched=True)
+        return g
+    raise ValueError(f"unknown VJP method {method!r}; valid: {', '.join(VJP_METHODS)}")
+
+
+def _deepfool_rows(
+    model: nn.Module,
+    x: Tensor,
+    row_sample: Tensor,
+    row_offset: Tensor | None,
+    block: int,
+    *,
+    candidates: int,
+    overshoot: float,
+    max_iter: int,
+    clip: tuple[float, float] | None,
+    batch_rows: int,
+    keep_perturbation: bool,
+    vjp: str,
+    progress: Callable[[int], None] | None,
+) -> DeepFoolResult:
+    """The shared core: DeepFool on rows ``x[row_sample]``, in the block at ``row_offset`` or in
+    full space when ``row_offset`` is None. Outputs have leading shape (R,)."""
+    n_rows = int(row_sample.shape[0])
+    dev = x.device
+    n_img = x.shape[-1]
+    with torch.no_grad():
+        n_classes = int(model(x[:1]).shape[1])
+    kc = min(candidates, n_classes)
+    if kc < 2:
+        raise ValueError("DeepFool needs at least two candidate classes")
+    inf = torch.tensor(float("inf"), device=dev)
+
+    margin = torch.empty(n_rows, device=dev)
+    margin_linf = torch.empty(n_rows, device=dev)
+    iterations = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    converged = torch.zeros(n_rows, dtype=torch.bool, device=dev)
+    prediction = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    adv_label = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    perturbation = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_perturbation else None
+
+    # State of the rows in flight.
+    idx = torch.empty(0, dtype=torch.long, device=dev)
+    xa = x[:0]
+    ra = torch.zeros_like(xa)
+    it = torch.empty(0, dtype=torch.long, device=dev)
+    cand = torch.empty((0, kc), dtype=torch.long, device=dev)
+    offs = None if row_offset is None else row_offset[:0]
+    next_row, n_fwd, n_bwd = 0, 0, 0
+
+    with input_gradients_only(model):
+        while next_row < n_rows or idx.numel() > 0:
+            n_old = idx.numel()
+            take = min(batch_rows - n_old, n_rows - next_row)
+            if take > 0:
+                new = slice(next_row, next_row + take)
+                idx = torch.cat([idx, torch.arange(next_row, next_row + take, device=dev)])
+                fresh = x[row_sample[new]]
+                xa = torch.cat([xa, fresh])
+                ra = torch.cat([ra, torch.zeros_like(fresh)])
+                it = torch.cat([it, torch.zeros(take, dtype=torch.long, device=dev)])
+                cand = torch.cat([cand, torch.zeros((take, kc), dtype=torch.long, device=dev)])
+                if offs is not None:
+                    offs = torch.cat([offs, row_offset[new]])
+                next_row += take
+            n_act = idx.numel()
+
+            xi = xa + ra
+            if clip is not None:
+                xi = xi.clamp(*clip)
+            xi.requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xi)
+                if take > 0:  # a new row's candidates: top-k of the logits at x itself (r = 0)
+                    cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
+                grads = difference_grads(logits, xi, cand, vjp)
+            sel = logits.detach().gather(1, cand)
+            diffs = (sel[:, 1:] - sel[:, :1]).T.abs()  # (K'-1, A)
+
+            den = grads.flatten(2).norm(dim=2)
+            if offs is not None:
+                rows = block_rows(n_img, offs, block, dtype=x.dtype)
+                coef = block_coefficients(grads, rows)
+                full, den = den, coef.flatten(2).norm(dim=2)
+                # below this the projection is rounding noise: the block is blind to that gradient
+                den = torch.where(den > INVARIANT_RTOL * full, den, 0.0)
+            ratio = torch.nan_to_num(diffs / den, nan=float("inf"))
+            best, jstar = ratio.min(dim=0)
+            ar = torch.arange(n_act, device=dev)
+            w = grads[jstar, ar] if offs is None else block_synthesis(coef[jstar, ar], rows)
+            wnorm = den[jstar, ar]
+            stuck = ~(torch.isfinite(best) & (wnorm > 0))
+            scale = torch.where(stuck, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
+            ra = ra + scale.view(-1, *([1] * (x.ndim - 1))) * w
+            if clip is not None:
+                ra = (xa + ra).clamp(*clip) - xa
+
+            with torch.no_grad():
+                xs = xa + (1.0 + overshoot) * ra
+                if clip is not None:
+                    xs = xs.clamp(*clip)
+                k_adv = model(xs).argmax(dim=1)
+            it = it + 1
+            k0 = cand[:, 0]
+            flipped = k_adv != k0
+            done = flipped | (it >= max_iter) | stuck
+            n_fwd += 2 * n_act
+            n_bwd += (kc - 1) * n_act
+
+            fin = done.nonzero().squeeze(1)  # the one host sync of the iteration
+            if fin.numel() == 0:
+                continue
+            g = idx[fin]
+            delta = xs[fin] - xa[fin]
+            margin[g] = torch.where(stuck[fin], inf, delta.flatten(1).norm(dim=1))
+            margin_linf[g] = torch.where(stuck[fin], inf, delta.flatten(1).abs().amax(dim=1))
+            iterations[g] = it[fin]
+            converged[g] = flipped[fin]
+            prediction[g] = k0[fin]
+            adv_label[g] = k_adv[fin]
+            if perturbation is not None:
+                perturbation[g] = delta
+            keep = (~done).nonzero().squeeze(1)
+            idx, xa, ra, it, cand = idx[keep], xa[keep], ra[keep], it[keep], cand[keep]
+            if offs is not None:
+                offs = offs[keep]
+            if progress is not None:
+                progress(int(fin.numel()))
+
+    return DeepFoolResult(perturbation, margin, margin_linf, iterations, converged, prediction, adv_label,
+                          n_fwd, n_bwd)
+
+
+def _check(x: Tensor, candidates: int, overshoot: float, max_iter: int, batch_rows: int) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if candidates < 2 or max_iter < 1 or batch_rows < 1 or overshoot < 0:
+        raise ValueError("need candidates >= 2, max_iter >= 1, batch_rows >= 1 and overshoot >= 0")
+
+
+def deepfool(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    subspace: DCTBlock | None = None,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    max_iter: int = 100,
+    clip: tuple[float, float] | None = None,
+    batch_rows: int = 1024,
+    keep_perturbation: bool = True,
+    vjp: str = "loop",
+    progress: Callable[[int], None] | None = None,
+) -> DeepFoolResult:
+    """Minimal L2 perturbation that changes the model's label, per sample, by DeepFool.
+
+    Args:
+        model: any classifier ``(B, C, H, W) -> (B, K)`` in eval mode; left untouched (no parameter
+            change, no stored grads).
+        x: (B, C, H, W) inputs in the model's input units.
+        subspace: None for the full space, or a DCT block (needs square images): the perturbation
+            then lies in that block.
+        candidates: K', the number of top classes at x considered (fixed for the whole run).
+        overshoot: the stop test and the returned perturbation use ``(1 + overshoot) r``.
+        max_iter: iterations before a row gives up (flagged ``converged=False``).
+        clip: optional (low, high) box; iterates and the result are clamped to it.
+        batch_rows: rows in flight at once (memory budget).
+        keep_perturbation: return the (B, C, H, W) perturbations (else None).
+        vjp: how the K'-1 input gradients are taken, see :func:`difference_grads`.
+        progress: called with the number of rows that just finished.
+
+    Returns:
+        :class:`DeepFoolResult` with leading shape (B,).
+    """
+    _check(x, candidates, overshoot, max_iter, batch_rows)
+    rows = torch.arange(x.shape[0], device=x.device)
+    offsets = None if subspace is None else torch.full_like(rows, subspace.offset)
+    block = 0 if subspace is None else subspace.block
+    return _deepfool_rows(model, x, rows, offsets, block, candidates=candidates, overshoot=overshoot,
+                          max_iter=max_iter, clip=clip, batch_rows=batch_rows,
+                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
+
+
+def deepfool_subspaces(
+    model: nn.Module,
+    x: Tensor,
+    blocks: Sequence[DCTBlock],
+    *,
+    include_full: bool = True,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    max_iter: int = 100,
+    clip: tuple[float, float] | None = None,
+    batch_rows: int = 1024,
+    keep_perturbation: bool = False,
+    vjp: str = "loop",
+    progress: Callable[[int], None] | None = None,
+) -> DeepFoolResult:
+    """DeepFool for every sample in the full space and in each DCT block, batched over all pairs.
+
+    Rows are (subspace, sample) pairs processed together (the full space in one pass, all blocks,
+    which must share one block size, in another), so one model call serves many subspaces.
+    Arguments are those of :func:`deepfool`.
+
+    Returns:
+        :class:`DeepFoolResult` with leading shape (S, B): S = ``len(blocks)`` plus one when
+        ``include_full`` (row 0 is then the full space), B = samples.
+    """
+    _check(x, candidates, overshoot, max_iter, batch_rows)
+    sizes = {b.block for b in blocks}
+    if len(sizes) > 1:
+        raise ValueError(f"all blocks must have one size, got {sorted(sizes)}")
+    n = x.shape[0]
+    opts = dict(candidates=candidates, overshoot=overshoot, max_iter=max_iter, clip=clip,
+                batch_rows=batch_rows, keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
+    parts: list[DeepFoolResult] = []
+    if include_full:
+        parts.append(_deepfool_rows(model, x, torch.arange(n, device=x.device), None, 0, **opts))
+    if blocks:
+        samples = torch.arange(n, device=x.device).repeat(len(blocks))
+        offsets = torch.tensor([b.offset for b in blocks], device=x.device).repeat_interleave(n)
+        parts.append(_deepfool_rows(model, x, samples, offsets, blocks[0].block, **opts))
+    return _stack(parts, n)
+
+
+def _stack(parts: list[DeepFoolResult], n: int) -> DeepFoolResult:
+    out = {}
+    for f in fields(DeepFoolResult):
+        vals = [getattr(p, f.name) for p in parts]
+        if f.name in ("n_forward", "n_backward"):
+            out[f.name] = sum(vals)
+        elif vals[0] is None:
+            out[f.name] = None
+        else:
+            v = torch.cat(vals)
+            out[f.name] = v.view(-1, n, *v.shape[1:])
+    return DeepFoolResult(**out)

@@ -1,0 +1,230 @@
+"""Batched DeepFool: closed-form affine cases, agreement with the per-sample reference, contracts."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from boundary_cli.geometry.dct import DCTBlock, diagonal_blocks, project
+from boundary_cli.geometry.deepfool import deepfool, deepfool_subspaces, difference_grads
+from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
+
+OS = 0.02
+
+
+class Affine(nn.Module):
+    """f(x) = W x + b on flattened images: every DeepFool quantity has a closed form."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(b)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def small_cnn(channels=1, n_classes=10, seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(64, n_classes),
+    )
+    net[1].running_mean.uniform_(-0.1, 0.1)
+    net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def affine_case(n=8, c=1, k=4, batch=16):
+    g = torch.Generator().manual_seed(1)
+    d = c * n * n
+    model = Affine(torch.randn(k, d, generator=g), torch.randn(k, generator=g)).eval()
+    x = torch.rand(batch, c, n, n, generator=g)
+    return model, x
+
+
+def expected_affine(model, x, proj=None):
+    """Closed form of one DeepFool step on an affine model, and whether it flips the label."""
+    with torch.no_grad():
+        logits = model(x)
+    k0 = logits.argmax(1)
+    w = model.w.detach()
+    out = []
+    for i in range(x.shape[0]):
+        best, best_k, best_dir = float("inf"), None, None
+        for k in range(w.shape[0]):
+            if k == k0[i]:
+                continue
+            wk = w[k] - w[k0[i]]
+            if proj is not None:
+                wk = proj(wk.view(x.shape[1:])).flatten()
+            val = float((logits[i, k] - logits[i, k0[i]]).abs() / wk.norm())
+            if val < best:
+                best, best_k, best_dir = val, k, wk / wk.norm()
+        x_adv = x[i].flatten() + (1 + OS) * best * best_dir
+        lands = int(model(x_adv.view(1, *x.shape[1:])).argmax()) == best_k
+        out.append(((1 + OS) * best, best_k, lands))
+    return out
+
+
+def test_affine_full_space_margin_is_closed_form_in_one_step():
+    model, x = affine_case()
+    res = deepfool(model, x, overshoot=OS)
+    exp = expected_affine(model, x)
+    landed = [i for i, e in enumerate(exp) if e[2]]
+    assert len(landed) >= len(exp) // 2
+    for i in landed:
+        assert res.iterations[i] == 1 and res.converged[i]
+        assert res.margin[i].item() == pytest.approx(exp[i][0], rel=1e-5)
+        assert res.adv_label[i] == exp[i][1]
+    assert torch.allclose(res.perturbation.flatten(1).norm(dim=1), res.margin)
+
+
+def test_affine_two_class_margin_is_distance_to_the_hyperplane():
+    model, x = affine_case(k=2)
+    res = deepfool(model, x, overshoot=0.0, max_iter=1)
+    w = model.w.detach()
+    with torch.no_grad():
+        logits = model(x)
+    dist = (logits[:, 1] - logits[:, 0]).abs() / (w[1] - w[0]).norm()
+    assert torch.allclose(res.margin, dist, rtol=1e-5)
+
+
+def test_affine_subspace_margin_uses_the_projected_gradient():
+    model, x = affine_case(n=8, c=2)
+    blk = DCTBlock(2, 4, 2 * 16)
+    res = deepfool(model, x, subspace=blk, overshoot=OS)
+    exp = expected_affine(model, x, proj=lambda v: project(v, blk))
+    landed = [i for i, e in enumerate(exp) if e[2]]
+    assert len(landed) >= len(exp) // 2
+    for i in landed:
+        assert res.iterations[i] == 1 and res.converged[i]
+        assert res.margin[i].item() == pytest.approx(exp[i][0], rel=1e-5)
+    # the perturbation lies inside the block
+    assert torch.allclose(project(res.perturbation, blk), res.perturbation, atol=1e-5)
+    assert torch.isfinite(res.margin).all()
+    assert torch.all(res.margin >= deepfool(model, x).margin - 1e-5)  # a subspace never beats full space
+
+
+def test_invariant_subspace_gives_infinite_margin_flagged():
+    n = 8
+    # the gradient is the constant (DC) image: a high-frequency block is blind to it
+    direction = torch.ones(n, n) / n
+    w = torch.stack([direction.flatten(), -direction.flatten()])
+    model = Affine(w, torch.tensor([0.3, 0.0])).eval()
+    x = torch.rand(5, 1, n, n)
+    res = deepfool(model, x, subspace=DCTBlock(4, 4, 16))
+    assert torch.isinf(res.margin).all() and not res.converged.any()
+    assert (res.iterations == 1).all()
+
+
+def test_batched_agrees_with_the_per_sample_reference():
+    model = small_cnn()
+    x = torch.rand(24, 1, 8, 8)
+    blocks = diagonal_blocks(8, 4, 2)
+    res = deepfool_subspaces(model, x, blocks, batch_rows=7)
+    bases = [None] + [dense_block_basis(8, 1, b) for b in blocks]
+    ref = np.zeros((len(bases), x.shape[0]))
+    it_ref = np.zeros_like(ref)
+    for s, basis in enumerate(bases):
+        for i in range(x.shape[0]):
+            pert, it, k0, k_adv = deepfool_single(model, x[i], basis)
+            ref[s, i] = float(pert.norm())
+            it_ref[s, i] = it
+            assert k0 == res.prediction[s, i]
+    rel = np.abs(res.margin.numpy() - ref) / ref
+    assert np.median(rel) <= 0.01
+    assert np.mean(res.iterations.numpy() == it_ref) > 0.9
+
+
+def test_many_blocks_equal_single_block_runs():
+    model = small_cnn(channels=3)
+    x = torch.rand(6, 3, 8, 8)
+    blocks = diagonal_blocks(8, 4, 2, channels=3)
+    many = deepfool_subspaces(model, x, blocks, keep_perturbation=True)
+    assert many.margin.shape == (1 + len(blocks), 6)
+    assert many.perturbation.shape == (1 + len(blocks), 6, 3, 8, 8)
+    full = deepfool(model, x)
+    assert torch.allclose(many.margin[0], full.margin, rtol=1e-4)
+    for s, blk in enumerate(blocks, start=1):
+        one = deepfool(model, x, subspace=blk)
+        assert torch.allclose(many.margin[s], one.margin, rtol=1e-4)
+        assert torch.equal(many.iterations[s], one.iterations)
+
+
+def test_batch_size_and_vjp_method_do_not_change_results():
+    model = small_cnn()
+    x = torch.rand(10, 1, 8, 8)
+    a = deepfool(model, x, batch_rows=1000, vjp="loop")
+    b = deepfool(model, x, batch_rows=3, vjp="loop")
+    c = deepfool(model, x, batch_rows=4, vjp="batched")
+    for other in (b, c):
+        assert torch.allclose(a.margin, other.margin, rtol=1e-4)
+        assert torch.equal(a.iterations, other.iterations)
+        assert torch.equal(a.adv_label, other.adv_label)
+
+
+def test_difference_grads_methods_agree_with_autograd():
+    model = small_cnn()
+    x = torch.rand(3, 1, 8, 8, requires_grad=True)
+    logits = model(x)
+    cand = logits.detach().topk(4, dim=1).indices
+    g_loop = difference_grads(logits, x, cand, "loop")
+    logits = model(x)
+    g_batched = difference_grads(logits, x, cand, "batched")
+    assert g_loop.shape == (3, 3, 1, 8, 8)
+    assert torch.allclose(g_loop, g_batched, atol=1e-6)
+    for i in range(3):
+        xi = x[i : i + 1].detach().requires_grad_(True)
+        out = model(xi)[0]
+        (g,) = torch.autograd.grad(out[cand[i, 2]] - out[cand[i, 0]], xi)
+        assert torch.allclose(g_loop[1, i], g[0], atol=1e-6)
+
+
+def test_model_is_left_untouched_and_must_be_in_eval_mode():
+    model = small_cnn()
+    model[0].weight.requires_grad_(True)
+    model[-1].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deepfool(model, torch.rand(4, 1, 8, 8))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert model[0].weight.requires_grad and not model[-1].bias.requires_grad
+    with pytest.raises(ValueError, match="eval mode"):
+        deepfool(model.train(), torch.rand(2, 1, 8, 8))
+
+
+def test_non_converged_rows_are_flagged_and_keep_their_margin():
+    model = small_cnn()
+    x = torch.rand(20, 1, 8, 8)
+    res = deepfool(model, x, max_iter=1, subspace=DCTBlock(4, 4, 16))
+    assert (res.iterations == 1).all()
+    assert torch.equal(res.converged, res.adv_label != res.prediction)
+    assert (~res.converged).any()
+    assert torch.isfinite(res.margin[~res.converged]).all()
+
+
+def test_clip_keeps_the_adversarial_point_in_the_box():
+    model = small_cnn()
+    x = torch.rand(12, 1, 8, 8)
+    res = deepfool(model, x, clip=(0.0, 1.0))
+    adv = x + res.perturbation
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert torch.allclose(res.perturbation.flatten(1).norm(dim=1), res.margin)
+
+
+def test_prediction_is_the_models_label_and_candidates_limit_classes():
+    model = small_cnn(n_classes=3)
+    x = torch.rand(5, 1, 8, 8)
+    res = deepfool(model, x, candidates=10)  # more candidates than classes: capped at 3
+    with torch.no_grad():
+        assert torch.equal(res.prediction, model(x).argmax(1))
+    assert res.n_backward == 2 * int(res.iterations.sum())
+    assert res.n_forward == 2 * int(res.iterations.sum())

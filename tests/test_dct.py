@@ -6,15 +6,14 @@ import scipy.fft
 import torch
 
 from boundary_cli.geometry.dct import (
-    block_coefficients,
-    block_rows,
-    block_synthesis,
+    block_indicator,
     dct2,
     dct_flip,
     dct_matrix,
     diagonal_blocks,
     idct2,
     low_pass,
+    masked_dct2,
     project,
 )
 
@@ -94,18 +93,19 @@ def test_projection_is_the_dct_mask_and_idempotent(images):
         assert abs(float((residual * p).sum())) < 1e-9
 
 
-def test_batched_block_helpers_agree_with_project(images):
+def test_masked_dct2_rows_agree_with_project(images):
     n = images.shape[-1]
     blocks = diagonal_blocks(n, 4, 2)
-    offsets = torch.tensor([b.offset for b in blocks])
-    x = images[:1].expand(len(blocks), -1, -1, -1)
-    rows = block_rows(n, offsets, 4, dtype=torch.float64)
-    coef = block_coefficients(x, rows)
-    assert coef.shape == (len(blocks), 3, 4, 4)
-    synth = block_synthesis(coef, rows)
-    for i, blk in enumerate(blocks):
-        assert torch.allclose(synth[i], project(images[0], blk), atol=1e-12)
+    offsets = torch.tensor([0] + [b.offset for b in blocks])
+    sizes = torch.tensor([n] + [b.block for b in blocks])  # row 0: the full space
+    u = block_indicator(offsets, sizes, n, dtype=torch.float64)
+    assert u.shape == (len(blocks) + 1, n) and u[0].all()
+    x = images[:1].expand(len(blocks) + 1, -1, -1, -1)
+    coef = masked_dct2(x, u)
+    assert torch.allclose(idct2(coef[0]), images[0], atol=1e-12)
+    for i, blk in enumerate(blocks, start=1):
+        assert torch.allclose(idct2(coef[i]), project(images[0], blk), atol=1e-12)
         assert torch.isclose(coef[i].norm(), project(images[0], blk).norm())
     # a leading candidate dimension broadcasts
-    stacked = block_coefficients(torch.stack([x, 2 * x]), rows)
+    stacked = masked_dct2(torch.stack([x, 2 * x]), u)
     assert torch.allclose(stacked[1], 2 * coef)

@@ -3,8 +3,8 @@
 Everything here acts per channel on tensors shaped (..., H, W). The DCT is the matrix product
 ``D_H X D_Wᵀ`` with the orthonormal DCT-II matrix, so it is exact, differentiable and runs on any
 device. A DCT block subspace is never built as a dense basis: projecting onto it means keeping a
-``block × block`` window of coefficients (a mask in the DCT domain), which is computed from the
-``block`` rows of ``D`` that the window touches.
+``block × block`` window of coefficients (a mask in the DCT domain); in batches the mask is the
+outer product of a per-row frequency indicator with itself, never materialised.
 """
 
 from __future__ import annotations
@@ -120,35 +120,25 @@ def diagonal_blocks(n: int, block: int, step: int, channels: int = 1) -> list[DC
     return [DCTBlock(a, block, channels * block * block) for a in range(0, n - block + 1, step)]
 
 
-def block_rows(n: int, offsets: Tensor, block: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Rows of the DCT matrix each block touches: offsets (R,) -> (R, block, n).
+def block_indicator(offsets: Tensor, sizes: Tensor, n: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """0/1 frequency indicators of diagonal blocks: offsets, sizes (R,) -> (R, n).
 
-    ``block_rows(...)[r] = D[offsets[r] : offsets[r] + block]``; with it the block's coefficients
-    of an image X are ``Dr X Drᵀ`` and its synthesis is ``Drᵀ C Dr``.
+    Row r is 1 on ``offsets[r] <= k < offsets[r] + sizes[r]``; the block's DCT-domain mask is the
+    outer product ``u uᵀ`` and is never materialised. Offset 0 with size n is the full space.
     """
-    d = dct_matrix(n, dtype=dtype, device=offsets.device)
-    idx = offsets.unsqueeze(1) + torch.arange(block, device=offsets.device)
-    return d[idx]
+    k = torch.arange(n, device=offsets.device)
+    u = (k >= offsets.unsqueeze(1)) & (k < (offsets + sizes).unsqueeze(1))
+    return u.to(dtype)
 
 
-def block_coefficients(x: Tensor, rows: Tensor) -> Tensor:
-    """Coefficients of x inside each row's block: x (..., R, C, n, n), rows (R, K, n) -> (..., R, C, K, K).
+def masked_dct2(x: Tensor, indicator: Tensor) -> Tensor:
+    """DCT coefficients of x kept inside each row's block: x (..., R, C, n, n), indicator (R, n).
 
-    Equal to the (offset, offset) K×K window of ``dct2(x)``; its norm is the norm of the
-    orthogonal projection of x onto the block subspace.
+    Returns (..., R, C, n, n) = ``mask_r ⊙ dct2(x_r)`` with ``mask_r = u_r u_rᵀ``. Its norm is the
+    norm of the orthogonal projection of x onto the block; ``idct2`` of it is that projection.
     """
-    r = rows.unsqueeze(-3)  # (R, 1, K, n): broadcast over channels
-    return r @ x @ r.transpose(-1, -2)
-
-
-def block_synthesis(c: Tensor, rows: Tensor) -> Tensor:
-    """Image of block coefficients: c (..., R, C, K, K), rows (R, K, n) -> (..., R, C, n, n).
-
-    ``block_synthesis(block_coefficients(x, rows), rows)`` is the projection of x onto the block,
-    i.e. ``idct2(mask * dct2(x))``.
-    """
-    r = rows.unsqueeze(-3)
-    return r.transpose(-1, -2) @ c @ r
+    u = indicator.unsqueeze(-2)  # (R, 1, n): broadcast over channels
+    return dct2(x) * u.unsqueeze(-1) * u.unsqueeze(-2)
 
 
 def project(x: Tensor, block: DCTBlock) -> Tensor:
@@ -156,5 +146,4 @@ def project(x: Tensor, block: DCTBlock) -> Tensor:
     n = x.shape[-1]
     if x.shape[-2] != n:
         raise ValueError(f"DCT blocks need square images, got {tuple(x.shape[-2:])}")
-    d = dct_matrix(n, dtype=x.dtype, device=x.device)[block.offset : block.offset + block.block]
-    return d.T @ (d @ x @ d.T) @ d
+    return idct2(dct2(x) * block.mask(n, dtype=x.dtype, device=x.device))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from boundary_cli.geometry.dct import DCTBlock, block_coefficients, block_rows, block_synthesis
+from boundary_cli.geometry.dct import DCTBlock, block_indicator, idct2, masked_dct2
 
 VJP_METHODS = ("loop", "batched")
 MIN_STEP = 1e-4
@@ -118,8 +118,7 @@ def _deepfool_rows(
     model: nn.Module,
     x: Tensor,
     row_sample: Tensor,
-    row_offset: Tensor | None,
-    block: int,
+    row_block: Tensor | None,
     *,
     candidates: int,
     overshoot: float,
@@ -130,8 +129,9 @@ def _deepfool_rows(
     vjp: str,
     progress: Callable[[int], None] | None,
 ) -> DeepFoolResult:
-    """The shared core: DeepFool on rows ``x[row_sample]``, in the block at ``row_offset`` or in
-    full space when ``row_offset`` is None. Outputs have leading shape (R,)."""
+    """The shared core: DeepFool on rows ``x[row_sample]``. ``row_block`` (R, 2) holds each row's
+    DCT block as (offset, size), (0, n) being the full space; None runs every row in full space
+    without any projection. Outputs have leading shape (R,)."""
     n_rows = int(row_sample.shape[0])
     dev = x.device
     n_img = x.shape[-1]
@@ -156,7 +156,7 @@ def _deepfool_rows(
     ra = torch.zeros_like(xa)
     it = torch.empty(0, dtype=torch.long, device=dev)
     cand = torch.empty((0, kc), dtype=torch.long, device=dev)
-    offs = None if row_offset is None else row_offset[:0]
+    blk = None if row_block is None else row_block[:0]
     next_row, n_fwd, n_bwd = 0, 0, 0
 
     with input_gradients_only(model):
@@ -171,8 +171,8 @@ def _deepfool_rows(
                 ra = torch.cat([ra, torch.zeros_like(fresh)])
                 it = torch.cat([it, torch.zeros(take, dtype=torch.long, device=dev)])
                 cand = torch.cat([cand, torch.zeros((take, kc), dtype=torch.long, device=dev)])
-                if offs is not None:
-                    offs = torch.cat([offs, row_offset[new]])
+                if blk is not None:
+                    blk = torch.cat([blk, row_block[new]])
                 next_row += take
             n_act = idx.numel()
 
@@ -189,16 +189,15 @@ def _deepfool_rows(
             diffs = (sel[:, 1:] - sel[:, :1]).T.abs()  # (K'-1, A)
 
             den = grads.flatten(2).norm(dim=2)
-            if offs is not None:
-                rows = block_rows(n_img, offs, block, dtype=x.dtype)
-                coef = block_coefficients(grads, rows)
+            if blk is not None:
+                coef = masked_dct2(grads, block_indicator(blk[:, 0], blk[:, 1], n_img, dtype=x.dtype))
                 full, den = den, coef.flatten(2).norm(dim=2)
                 # below this the projection is rounding noise: the block is blind to that gradient
                 den = torch.where(den > INVARIANT_RTOL * full, den, 0.0)
             ratio = torch.nan_to_num(diffs / den, nan=float("inf"))
             best, jstar = ratio.min(dim=0)
             ar = torch.arange(n_act, device=dev)
-            w = grads[jstar, ar] if offs is None else block_synthesis(coef[jstar, ar], rows)
+            w = grads[jstar, ar] if blk is None else idct2(coef[jstar, ar])
             wnorm = den[jstar, ar]
             stuck = ~(torch.isfinite(best) & (wnorm > 0))
             scale = torch.where(stuck, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
@@ -233,8 +232,8 @@ def _deepfool_rows(
                 perturbation[g] = delta
             keep = (~done).nonzero().squeeze(1)
             idx, xa, ra, it, cand = idx[keep], xa[keep], ra[keep], it[keep], cand[keep]
-            if offs is not None:
-                offs = offs[keep]
+            if blk is not None:
+                blk = blk[keep]
             if progress is not None:
                 progress(int(fin.numel()))
 
@@ -285,9 +284,8 @@ def deepfool(
     """
     _check(x, candidates, overshoot, max_iter, batch_rows)
     rows = torch.arange(x.shape[0], device=x.device)
-    offsets = None if subspace is None else torch.full_like(rows, subspace.offset)
-    block = 0 if subspace is None else subspace.block
-    return _deepfool_rows(model, x, rows, offsets, block, candidates=candidates, overshoot=overshoot,
+    blocks = None if subspace is None else _block_table([subspace], x).expand(len(rows), 2)
+    return _deepfool_rows(model, x, rows, blocks, candidates=candidates, overshoot=overshoot,
                           max_iter=max_iter, clip=clip, batch_rows=batch_rows,
                           keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
 
@@ -309,40 +307,38 @@ def deepfool_subspaces(
 ) -> DeepFoolResult:
     """DeepFool for every sample in the full space and in each DCT block, batched over all pairs.
 
-    Rows are (subspace, sample) pairs processed together (the full space in one pass, all blocks,
-    which must share one block size, in another), so one model call serves many subspaces.
-    Arguments are those of :func:`deepfool`.
+    Rows are (subspace, sample) pairs that share one batch, so one model call serves many
+    subspaces; full-space rows are the block (0, n). Arguments are those of :func:`deepfool`.
 
     Returns:
         :class:`DeepFoolResult` with leading shape (S, B): S = ``len(blocks)`` plus one when
         ``include_full`` (row 0 is then the full space), B = samples.
     """
     _check(x, candidates, overshoot, max_iter, batch_rows)
-    sizes = {b.block for b in blocks}
-    if len(sizes) > 1:
-        raise ValueError(f"all blocks must have one size, got {sorted(sizes)}")
     n = x.shape[0]
-    opts = dict(candidates=candidates, overshoot=overshoot, max_iter=max_iter, clip=clip,
-                batch_rows=batch_rows, keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
-    parts: list[DeepFoolResult] = []
+    table = _block_table(list(blocks), x)
     if include_full:
-        parts.append(_deepfool_rows(model, x, torch.arange(n, device=x.device), None, 0, **opts))
-    if blocks:
-        samples = torch.arange(n, device=x.device).repeat(len(blocks))
-        offsets = torch.tensor([b.offset for b in blocks], device=x.device).repeat_interleave(n)
-        parts.append(_deepfool_rows(model, x, samples, offsets, blocks[0].block, **opts))
-    return _stack(parts, n)
-
-
-def _stack(parts: list[DeepFoolResult], n: int) -> DeepFoolResult:
-    out = {}
+        table = torch.cat([torch.tensor([[0, x.shape[-1]]], device=x.device), table])
+    if table.shape[0] == 0:
+        raise ValueError("nothing to do: no blocks and include_full=False")
+    samples = torch.arange(n, device=x.device).repeat(table.shape[0])
+    res = _deepfool_rows(model, x, samples, table.repeat_interleave(n, dim=0), candidates=candidates,
+                         overshoot=overshoot, max_iter=max_iter, clip=clip, batch_rows=batch_rows,
+                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
     for f in fields(DeepFoolResult):
-        vals = [getattr(p, f.name) for p in parts]
-        if f.name in ("n_forward", "n_backward"):
-            out[f.name] = sum(vals)
-        elif vals[0] is None:
-            out[f.name] = None
-        else:
-            v = torch.cat(vals)
-            out[f.name] = v.view(-1, n, *v.shape[1:])
-    return DeepFoolResult(**out)
+        v = getattr(res, f.name)
+        if isinstance(v, Tensor):
+            setattr(res, f.name, v.view(-1, n, *v.shape[1:]))
+    return res
+
+
+def _block_table(blocks: list[DCTBlock], x: Tensor) -> Tensor:
+    """(len(blocks), 2) int64 table of (offset, size), checked against square images x."""
+    h, w = x.shape[-2:]
+    if blocks and h != w:
+        raise ValueError(f"DCT blocks need square images, got {h}x{w}")
+    for b in blocks:
+        if b.offset < 0 or b.offset + b.block > w:
+            raise ValueError(f"block {b} does not fit {w}x{w} images")
+    return torch.tensor([[b.offset, b.block] for b in blocks], dtype=torch.long,
+                        device=x.device).view(-1, 2)

@@ -1,1 +1,1 @@
-"""training."""
+"""Training recipes and the checkpoint store that trains each model once."""

@@ -1,0 +1,117 @@
+"""Load a saved state dict (hold-me-tight / kuangliu layouts) into a bare network, with one-line errors."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from boundary_cli.errors import BoundaryError
+
+WRAPPER_KEYS = ("net", "state_dict", "model")
+MAX_LISTED = 8
+
+
+def load_weights(net: nn.Module, path: str | Path, arch: str | None = None) -> None:
+    """Copy the weights stored at ``path`` into ``net`` (the bare architecture, not the Classifier), strictly.
+
+    Accepts a plain state dict, one wrapped under "net", "state_dict" or "model" (kuangliu saves
+    ``{"net": sd, "acc": ..., "epoch": ...}``), keys prefixed "module." (DataParallel) and a full Classifier
+    state dict ("normalize.*" ignored, "net." stripped). Every tensor must match the model's key and shape;
+    only BatchNorm ``num_batches_tracked`` counters (absent from checkpoints of PyTorch < 0.4.1, unused in eval
+    mode) may be missing. ``arch`` names the model in error messages (default: the class name). Raises
+    BoundaryError with a one-line message when the file is missing, unreadable, not a state dict, or does not fit.
+    """
+    arch = arch or type(net).__name__
+    path = Path(path)
+    if not path.is_file():
+        raise BoundaryError(
+            f"checkpoint file {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
+            f"model.checkpoint must point at a state dict file "
+            f"(saved with torch.save(model.state_dict(), path))"
+        )
+    state = _adapt_keys(_read_state_dict(path), net)
+    model_state = net.state_dict()
+    problems = _mismatches(state, model_state)
+    if problems:
+        raise BoundaryError(f"checkpoint {path} does not fit model {arch}: {problems}")
+    for key, value in model_state.items():
+        if key not in state:  # only num_batches_tracked gets here (see _mismatches)
+            state[key] = value
+    net.load_state_dict(state, strict=True)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        with warnings.catch_warnings():  # a corrupt file can make the unpickler warn before it fails
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file (UnpicklingError, EOFError, ...)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise BoundaryError(
+                f"checkpoint {path} holds pickled Python objects ({found.group(1)}; e.g. a whole model saved with "
+                f"torch.save(model)), not a state dict; save model.state_dict() instead"
+            ) from None
+        unpickler = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        detail = (unpickler.group(1) if unpickler else (str(exc).splitlines() or [""])[0]).strip()[:120]
+        raise BoundaryError(
+            f"cannot read checkpoint {path}: it is not a file written by torch.save "
+            f"({type(exc).__name__}{': ' + detail if detail else ''})"
+        ) from None
+    for _ in range(3):  # unwrap e.g. {"net": sd, "acc": ...}, possibly nested
+        if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise BoundaryError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    if not obj:
+        raise BoundaryError(f"checkpoint {path} holds an empty dict, not a state dict")
+    if not _is_tensor_dict(obj):
+        keys = [str(k) for k in obj if not (isinstance(k, str) and isinstance(obj[k], Tensor))]
+        raise BoundaryError(
+            f"checkpoint {path} holds a dict that is not a state dict (entries that are not named tensors: "
+            f"{_listed(keys)}) and has no state dict under {', '.join(repr(k) for k in WRAPPER_KEYS)}"
+        )
+    return dict(obj)
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _adapt_keys(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own_keys = net.state_dict().keys()
+    is_classifier = any(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in own_keys)
+    if is_classifier:
+        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def _mismatches(state: dict[str, Tensor], model_state: dict[str, Tensor]) -> str:
+    missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in model_state]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+        for k, v in state.items() if k in model_state and v.shape != model_state[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}): {_listed(shapes)}")
+    return "; ".join(parts)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")

@@ -1,0 +1,45 @@
+"""hold-me-tight's MNIST LeNet (same attribute names, so its state dicts load)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from boundary_cli.errors import BoundaryError
+
+
+class LeNet(nn.Module):
+    """conv(C->6, 5, pad 2)-ReLU-pool2, conv(6->16, 5)-ReLU-pool2, fc 400->120->84->num_classes;
+    x (B, C, 28, 28) -> logits (B, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        out = F.max_pool2d(F.relu(self.conv2(out)), 2)
+        out = out.flatten(1)
+        out = F.relu(self.fc1(out))
+        out = F.relu(self.fc2(out))
+        return self.fc3(out)
+
+
+def lenet(in_channels: int, num_classes: int, image_size: tuple[int, int], **options: object) -> nn.Module:
+    """Build a :class:`LeNet` for images (B, in_channels, 28, 28), giving logits (B, num_classes).
+
+    Raises BoundaryError for any other image size or any option (LeNet has none).
+    """
+    if options:
+        raise BoundaryError(f"model lenet takes no options; got {', '.join(sorted(options))}")
+    h, w = image_size
+    if (h, w) != (28, 28):
+        raise BoundaryError(
+            f"model lenet takes 28x28 inputs only; the dataset's images are {h}x{w} (pick a dataset with "
+            f"28x28 images or another model: small_cnn takes any size >= 4, resnet18 any size >= 8)"
+        )
+    return LeNet(in_channels, num_classes)

@@ -1,0 +1,92 @@
+"""ResNet18 with the CIFAR stem (kuangliu pytorch-cifar) or the ImageNet stem (hold-me-tight's MNIST ResNet18)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+from boundary_cli.errors import BoundaryError
+
+MIN_SIZE = 8
+STEMS = ("cifar", "imagenet")
+
+
+class BasicBlock(nn.Module):
+    """kuangliu's BasicBlock: two 3x3 conv-BN, plus an identity or 1x1 conv-BN ``shortcut``;
+    x (B, in_planes, H, W) -> (B, planes, H/stride, W/stride)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """kuangliu's ResNet18 (3x3 stem, stages 64/128/256/512, strides 1/2/2/2) with global average pooling
+    instead of ``avg_pool2d(4)`` (the same for 32x32); x (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(64, 2, stride=1)
+        self.layer2 = self._make_layer(128, 2, stride=2)
+        self.layer3 = self._make_layer(256, 2, stride=2)
+        self.layer4 = self._make_layer(512, 2, stride=2)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+        blocks = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            blocks.append(BasicBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], stem: str = "cifar",
+             **options: object) -> nn.Module:
+    """Build ResNet18 for images (B, in_channels, H, W) with H, W >= 8, giving logits (B, num_classes).
+
+    ``stem="cifar"``: kuangliu's CIFAR ResNet18 (keys conv1, bn1, layer1..4 with ``shortcut``, linear).
+    ``stem="imagenet"``: torchvision's ResNet18 with ``conv1`` replaced by a 7x7 stride-2 conv on
+    ``in_channels`` (hold-me-tight's MNIST ResNet18; keys conv1, bn1, layer*.downsample, fc).
+    Raises BoundaryError for an unknown stem, an unknown option or images smaller than 8x8.
+    """
+    if options:
+        raise BoundaryError(f"model resnet18 takes only the option 'stem'; got {', '.join(sorted(options))}")
+    if stem not in STEMS:
+        raise BoundaryError(f"model resnet18 has no stem {stem!r}; valid stems: {', '.join(STEMS)}")
+    h, w = image_size
+    if min(h, w) < MIN_SIZE:
+        raise BoundaryError(
+            f"model resnet18 takes any size >= {MIN_SIZE}x{MIN_SIZE}; the dataset's images are {h}x{w} "
+            f"(pick another model: small_cnn takes any size >= 4)"
+        )
+    if stem == "cifar":
+        return CifarResNet18(in_channels, num_classes)
+    net = tv_resnet.ResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net

@@ -1,0 +1,52 @@
+"""A small CNN for any image size >= 4 (the default model for scikit-learn's 8x8 digits)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from boundary_cli.errors import BoundaryError
+
+MIN_SIZE = 4
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+class SmallCNN(nn.Module):
+    """Two stages of two 3x3 conv-BN-ReLU (``width`` then ``2*width`` channels) split by a 2x2 max-pool,
+    global average pooling and a linear head; x (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn_relu(in_channels, width),
+            *_conv_bn_relu(width, width),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(width, 2 * width),
+            *_conv_bn_relu(2 * width, 2 * width),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.linear = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.features(x).flatten(1))
+
+
+def small_cnn(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 32,
+              **options: object) -> nn.Module:
+    """Build a :class:`SmallCNN` for images (B, in_channels, H, W) with H, W >= 4, giving logits (B, num_classes).
+
+    ``width`` is the number of channels of the first stage (the second has twice as many). Raises
+    BoundaryError for images smaller than 4x4 or an unknown option.
+    """
+    if options:
+        raise BoundaryError(f"model small_cnn takes only the option 'width'; got {', '.join(sorted(options))}")
+    h, w = image_size
+    if min(h, w) < MIN_SIZE:
+        raise BoundaryError(
+            f"model small_cnn takes any size >= {MIN_SIZE}x{MIN_SIZE}; the dataset's images are {h}x{w}"
+        )
+    if int(width) < 1:
+        raise BoundaryError(f"model small_cnn needs width >= 1; got {width}")
+    return SmallCNN(in_channels, num_classes, int(width))

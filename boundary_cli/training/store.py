@@ -1,0 +1,72 @@
+"""Trained weights kept in the cache, keyed by a hash of what made them.
+
+The key covers the dataset (name, variant and its settings), the model, the training recipe and the
+seed; never paths, devices or anything about the experiment, so every experiment, sweep and run
+directory shares one trained model per configuration. Each entry is ``<key>.pt`` (the state dict),
+``<key>.json`` (the identity it was made from, test accuracy, provenance) and ``<key>.csv`` (the
+per-epoch training curve), written atomically so parallel jobs may race safely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from boundary_cli.cache import stable_hash
+from boundary_cli.reporting.files import write_csv, write_json, write_torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoredModel:
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    curve: pd.DataFrame | None
+    path: Path
+
+
+class CheckpointStore:
+    """Folder ``<root>/<dataset>/<model>/`` of content-addressed checkpoints."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(identity: dict[str, Any]) -> str:
+        return stable_hash(identity)
+
+    def _stem(self, identity: dict[str, Any]) -> Path:
+        dataset = identity["dataset"].get("name", "dataset")
+        model = identity["model"].get("name", "model")
+        return self.root / str(dataset) / str(model) / self.key(identity)
+
+    def load(self, identity: dict[str, Any]) -> StoredModel | None:
+        stem = self._stem(identity)
+        pt, meta = stem.with_suffix(".pt"), stem.with_suffix(".json")
+        if not (pt.exists() and meta.exists()):
+            return None
+        try:
+            sd = torch.load(pt, map_location="cpu", weights_only=True)
+            info = json.loads(meta.read_text())
+        except Exception as exc:  # a damaged entry is retrained, not fatal
+            log.warning("ignoring unreadable checkpoint %s (%s); training again", pt, exc)
+            return None
+        csv = stem.with_suffix(".csv")
+        curve = pd.read_csv(csv) if csv.exists() else None
+        return StoredModel(sd, info, curve, pt)
+
+    def save(self, identity: dict[str, Any], state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
+             curve: pd.DataFrame | None) -> Path:
+        stem = self._stem(identity)
+        if curve is not None:
+            write_csv(stem.with_suffix(".csv"), curve)
+        write_torch(stem.with_suffix(".pt"), {k: v.detach().cpu() for k, v in state_dict.items()})
+        write_json(stem.with_suffix(".json"), {"identity": identity, **meta})  # last: marks the entry complete
+        return stem.with_suffix(".pt")

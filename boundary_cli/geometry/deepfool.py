@@ -342,3 +342,24 @@ def _block_table(blocks: list[DCTBlock], x: Tensor) -> Tensor:
             raise ValueError(f"block {b} does not fit {w}x{w} images")
     return torch.tensor([[b.offset, b.block] for b in blocks], dtype=torch.long,
                         device=x.device).view(-1, 2)
+
+
+def rows_for_budget(model: nn.Module, example: Tensor, candidates: int, budget_bytes: int,
+                    max_rows: int = 4096) -> int:
+    """How many rows fit in ``budget_bytes`` during a DeepFool iteration.
+
+    Measures the tensors autograd saves in one forward of ``example`` (1, C, H, W) and adds the
+    per-row input-sized buffers of an iteration (K'-1 gradients, their DCT coefficients, iterates).
+    """
+    saved = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    x = example.repeat(2, *([1] * (example.ndim - 1))).requires_grad_(True)
+    with input_gradients_only(model), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    per_row = saved / 2 + (2 * candidates + 8) * example[0].numel() * example.element_size()
+    return int(max(1, min(max_rows, budget_bytes // per_row)))

@@ -1,1 +1,1 @@
-"""reporting."""
+"""Writing results: atomic files, run metadata, summaries, figures and sweep reports."""

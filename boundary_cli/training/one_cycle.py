@@ -74,7 +74,7 @@ class OneCycleSGD:
                 if self.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
                 opt.step()
-                loss_sum += float(loss) * len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
             model.eval()
             test_loss, test_acc = evaluate(model, data.test_x, data.test_y, device=device)

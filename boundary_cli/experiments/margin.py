@@ -1,0 +1,175 @@
+"""experiment=margin: the margin distribution of hold-me-tight.
+
+For seeded test samples, the DeepFool distance to the boundary in the full input space and inside
+every diagonal DCT block, low to high frequency. Work runs in chunks of samples cached under a
+content hash, so a killed run started again reuses what was finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from boundary_cli.cache import stable_hash, tensor_hash
+from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
+from boundary_cli.geometry.deepfool import VJP_METHODS, deepfool_subspaces, rows_for_budget
+from boundary_cli.reporting.plots import examples_figure, margins_figure
+from boundary_cli.reporting.summary import summarize_margins
+from boundary_cli.training.evaluation import predict
+
+log = logging.getLogger(__name__)
+
+CHUNK_FORMAT = 1  # bump when the meaning of stored chunks changes
+N_EXAMPLES = 6
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BoundaryError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the experiment section before any data is loaded or model trained."""
+    e = cfg.experiment
+    if e.n_samples != "all":
+        _positive_int(e.n_samples, "experiment.n_samples (or 'all')")
+    _positive_int(e.chunk_size, "experiment.chunk_size")
+    if e.batch_rows != "auto":
+        _positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
+    if e.vjp not in VJP_METHODS:
+        raise BoundaryError(f"unknown experiment.vjp={e.vjp!r}; valid: {', '.join(VJP_METHODS)}")
+    df = e.deepfool
+    if _positive_int(df.candidates, "experiment.deepfool.candidates") < 2:
+        raise BoundaryError("experiment.deepfool.candidates must be at least 2")
+    _positive_int(df.max_iter, "experiment.deepfool.max_iter")
+    if not isinstance(df.overshoot, (int, float)) or df.overshoot < 0:
+        raise BoundaryError(f"experiment.deepfool.overshoot must be a number >= 0, got {df.overshoot!r}")
+    _positive_int(e.subspaces.block, "experiment.subspaces.block")
+    _positive_int(e.subspaces.step, "experiment.subspaces.step")
+    _positive_int(e.sample_seed + 1, "experiment.sample_seed (>= 0)")
+
+
+def select_samples(n_test: int, n_samples: int | str, seed: int, eligible: Tensor | None = None) -> Tensor:
+    """Test-set indices to measure, sorted: the first ``n_samples`` of a seeded permutation
+    (skipping non-eligible ones), so every variant, model and training seed sees the same samples."""
+    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))
+    if eligible is not None:
+        order = order[eligible[order]]
+    if n_samples == "all":
+        return order.sort().values
+    if n_samples > len(order):
+        which = "correctly classified test images" if eligible is not None else "test images"
+        raise BoundaryError(f"experiment.n_samples={n_samples} but there are only {len(order)} {which}; "
+                            f"use experiment.n_samples=all or a smaller number")
+    return order[:n_samples].sort().values
+
+
+def _subspace_table(blocks: list[DCTBlock], include_full: bool, c: int, n: int) -> pd.DataFrame:
+    rows = [dict(subspace="full", offset=0, block=n, dim=c * n * n)] if include_full else []
+    rows += [dict(subspace=b.name, offset=b.offset, block=b.block, dim=b.dim) for b in blocks]
+    return pd.DataFrame(rows)
+
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e = ctx.cfg.experiment
+    data = ctx.data
+    c, (h, w) = data.channels, data.image_size
+    if h != w:
+        raise BoundaryError(f"experiment=margin needs square images for DCT blocks; {data.name} is {h}x{w}")
+    if e.subspaces.block > w:
+        raise BoundaryError(f"experiment.subspaces.block={e.subspaces.block} is larger than the {w}x{w} images")
+    blocks = diagonal_blocks(w, e.subspaces.block, e.subspaces.step, channels=c)
+    include_full = bool(e.subspaces.include_full)
+    spaces = _subspace_table(blocks, include_full, c, w)
+    if len(spaces) == 0:
+        raise BoundaryError("nothing to measure: no DCT blocks and experiment.subspaces.include_full=false")
+
+    eligible = None
+    if e.only_correct:
+        eligible = predict(ctx.model, data.test_x, device=ctx.device).argmax(1) == data.test_y
+    idx = select_samples(len(data.test_y), e.n_samples, e.sample_seed, eligible)
+    kc = min(e.deepfool.candidates, data.num_classes)
+    clip = tuple(data.value_range) if e.deepfool.clip else None
+    batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, ctx.memory_budget)
+                  if e.batch_rows == "auto" else int(e.batch_rows))
+    params = dict(candidates=int(e.deepfool.candidates), overshoot=float(e.deepfool.overshoot),
+                  max_iter=int(e.deepfool.max_iter), clip=clip)
+    log.info("margin: %d samples x %d subspaces (%s), %d rows per batch on %s", len(idx), len(spaces),
+             ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""), batch_rows, ctx.device)
+
+    keys = ["margin", "margin_linf", "iterations", "converged", "prediction", "adv_label"]
+    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
+    n_fwd = n_bwd = reused = computed = 0
+    compute_s = 0.0
+    chunks = torch.split(idx, int(e.chunk_size))
+    with tqdm(total=len(idx) * len(spaces), desc="margins", unit="row",
+              disable=None if ctx.progress is None else not ctx.progress) as bar:
+        for chunk in chunks:
+            x = data.test_x[chunk].to(ctx.device)
+            key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
+                                   blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
+                                   device=ctx.device.type, **params))
+            got = ctx.chunks.get(key)
+            if got is not None and all(k in got for k in keys):
+                reused += 1
+                bar.update(x.shape[0] * len(spaces))
+            else:
+                start = time.perf_counter()
+                res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
+                                         vjp=e.vjp, progress=bar.update, **params)
+                compute_s += time.perf_counter() - start
+                n_fwd += res.n_forward
+                n_bwd += res.n_backward
+                computed += x.shape[0]
+                got = {k: getattr(res, k).cpu() for k in keys}
+                ctx.chunks.put(key, got)
+            for k in keys:
+                parts[k].append(got[k])
+    res = {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}  # each (S, N)
+
+    n_s, n = res["margin"].shape
+    labels = data.test_y[idx].numpy()
+    table = pd.DataFrame({
+        **{k: v for k, v in ctx.identity.items()},
+        "sample_index": np.tile(idx.numpy(), n_s),
+        "label": np.tile(labels, n_s),
+        "prediction": res["prediction"].ravel(),
+        "correct": res["prediction"].ravel() == np.tile(labels, n_s),
+        **{col: np.repeat(spaces[col].to_numpy(), n) for col in ["subspace", "offset", "block", "dim"]},
+        "margin_l2": res["margin"].ravel(),
+        "margin_linf": res["margin_linf"].ravel(),
+        "n_iter": res["iterations"].ravel(),
+        "converged": res["converged"].ravel(),
+        "adv_label": res["adv_label"].ravel(),
+    })
+    summary = summarize_margins(table)
+    title = f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}"
+    raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
+    bw = ctx.cfg.dataset.low_pass.bandwidth or w // 2
+    examples = {"as given": raw, "flip": dct_flip(raw),
+                f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
+    stats = dict(n_samples=int(n), n_subspaces=int(n_s), n_forward=int(n_fwd), n_backward=int(n_bwd),
+                 chunks_total=len(chunks), chunks_reused=reused, margin_time_s=round(compute_s, 3),
+                 samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None,
+                 batch_rows=batch_rows, candidates=kc, mean_iterations=float(res["iterations"].mean()))
+    for _, row in summary.iterrows():
+        log.info("%-8s median margin %.4g  [%.4g, %.4g]  converged %.0f%%", row["subspace"], row["median"],
+                 row["median_ci_low"], row["median_ci_high"], 100 * row["share_converged"])
+    return ExperimentOutput(
+        tables={"margins": table, "summary": summary},
+        arrays={"margins": res["margin"].astype(np.float32)},
+        figures={"margins": margins_figure(table, summary, title),
+                 "examples": examples_figure(examples, f"{data.name} test images (this run: {data.variant})")},
+        stats=stats,
+    )

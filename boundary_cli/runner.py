@@ -1,0 +1,244 @@
+"""From a composed config to written results: seed, device, data, model (trained once, cached),
+the experiment, and every output file.
+
+This is the only module besides the CLI that reads the config; what it builds is handed to the
+experiment as a :class:`RunContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from boundary_cli.cache import ChunkStore, model_hash
+from boundary_cli.data.images import ImageData
+from boundary_cli.data.variants import apply_variant, check_variant, normalization_stats
+from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments import EXPERIMENTS
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.models.checkpoint import load_weights
+from boundary_cli.models.normalize import Classifier, Normalize
+from boundary_cli.reporting.files import write_csv, write_figure, write_json, write_npy, write_text
+from boundary_cli.reporting.metadata import run_metadata
+from boundary_cli.training.evaluation import evaluate
+from boundary_cli.training.store import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1  # bump when stored weights stop matching what the code builds
+
+
+def user_cache_dir() -> str:
+    """The user's cache folder for boundary: ``$XDG_CACHE_HOME/boundary`` or ``~/.cache/boundary``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "boundary")
+
+
+OmegaConf.register_new_resolver("boundary_user_cache", user_cache_dir, replace=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; explicit names are checked."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BoundaryError(f"unknown device={name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BoundaryError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BoundaryError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif device.type != "cpu":
+        raise BoundaryError(f"unsupported device={name!r}; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes one batch of work may use: half the free GPU memory, or a quarter of the available RAM
+    (at most 4 GiB: on CPU larger batches buy no speed)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.5 * free)
+    available = 8 * 2**30
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(min(4 * 2**30, 0.25 * available))
+
+
+def cfg_path(cfg: DictConfig, key: str) -> Path:
+    """``paths.<key>`` as an absolute path (``~`` expanded, relative to the launch directory)."""
+    return Path(str(cfg.paths[key])).expanduser().absolute()
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, BoundaryError):
+            raise cause from None
+        raise BoundaryError(f"could not build the {what}: {' '.join(str(cause or exc).split())}") from exc
+
+
+def load_dataset(cfg: DictConfig) -> ImageData:
+    """The raw dataset (pixels in [0, 1]) through the loader the dataset config names."""
+    return _instantiate(cfg.dataset.loader, f"dataset {cfg.dataset.name}", data_dir=cfg_path(cfg, "data_dir"),
+                        cache_dir=cfg_path(cfg, "cache_dir"), download=bool(cfg.dataset.download))
+
+
+def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
+    """The configured architecture behind a normalisation layer fitted to ``data``."""
+    net = _instantiate(cfg.model.arch, f"model {cfg.model.name}", in_channels=data.channels,
+                       num_classes=data.num_classes, image_size=data.image_size)
+    mean, std = normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))
+    return Classifier(Normalize(mean, std), net)
+
+
+def weights_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What determines trained weights: dataset (with variant), model, training recipe and seed.
+
+    Paths, download and integrity switches, devices and experiment settings are left out, so they
+    never cause a retrain.
+    """
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for key in ("download", "check_integrity", "subspaces"):
+        dataset.pop(key, None)
+    for key in ("system_dir", "check_integrity"):
+        dataset["loader"].pop(key, None)
+    if dataset["variant"] != "low_pass":
+        dataset.pop("low_pass", None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("checkpoint", None)
+    training = OmegaConf.to_container(cfg.training, resolve=True)
+    training.pop("min_accuracy", None)
+    return dict(format=STORE_FORMAT, dataset=dataset, model=model, training=training, seed=int(cfg.seed))
+
+
+def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
+                 progress: bool | None = None) -> tuple[Classifier, dict[str, Any], Any]:
+    """The model in eval mode on ``device``: from ``model.checkpoint``, from the store, or trained
+    now (and stored). Returns (model, provenance for run.json, training curve or None)."""
+    if cfg.model.checkpoint:
+        path = Path(str(cfg.model.checkpoint)).expanduser()
+        model = build_model(cfg, data)
+        load_weights(model.net, path, arch=str(cfg.model.name))
+        model.to(device).eval()
+        _, acc = evaluate(model, data.test_x, data.test_y, device=device)
+        return model, dict(source="file", path=str(path.resolve()), test_accuracy=acc), None
+
+    identity = weights_identity(cfg)
+    store = CheckpointStore(cfg_path(cfg, "cache_dir") / "checkpoints")
+    stored = store.load(identity)
+    if stored is not None:
+        model = build_model(cfg, data)
+        try:
+            model.load_state_dict(stored.state_dict)
+        except RuntimeError:
+            log.warning("stored checkpoint %s does not fit the model; training again", stored.path)
+            stored = None
+        else:
+            log.info("model: %s (cached, test accuracy %.4f)", stored.path, stored.meta["test_accuracy"])
+            return (model.to(device).eval(),
+                    dict(source="store", path=str(stored.path), key=store.key(identity),
+                         test_accuracy=stored.meta["test_accuracy"]), stored.curve)
+
+    recipe = _instantiate(cfg.training.recipe, f"training recipe {cfg.training.name}")
+    seed_everything(int(cfg.seed))
+    model = build_model(cfg, data).to(device)
+    log.info("training %s on %s (%s, seed %d) on %s", cfg.model.name, data.name, cfg.training.name, cfg.seed, device)
+    start = time.perf_counter()
+    curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress)
+    seconds = time.perf_counter() - start
+    acc = float(curve["test_accuracy"].iloc[-1])
+    path = store.save(identity, model.state_dict(), dict(test_accuracy=acc, train_seconds=round(seconds, 2),
+                                                         trained_on=str(device)), curve)
+    log.info("model: trained in %.1f s, test accuracy %.4f, stored at %s", seconds, acc, path)
+    return model.eval(), dict(source="trained", path=str(path), key=store.key(identity), test_accuracy=acc,
+                              train_seconds=round(seconds, 2)), curve
+
+
+def _write_outputs(out_dir: Path, out: ExperimentOutput) -> None:
+    for name, table in out.tables.items():
+        write_csv(out_dir / f"{name}.csv", table)
+    for name, array in out.arrays.items():
+        write_npy(out_dir / f"{name}.npy", array)
+    for name, fig in out.figures.items():
+        write_figure(out_dir / f"{name}.png", fig)
+
+
+def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,
+            progress: bool | None = None) -> dict[str, Any]:
+    """Run the configured experiment and write its results into ``out_dir``.
+
+    Every check that can fail on user input runs before anything is written; results are written
+    atomically at the end. Returns the contents of ``run.json``.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    meta = run_metadata(config)
+    name = cfg.experiment.name
+    if name not in EXPERIMENTS:
+        raise BoundaryError(f"unknown experiment {name!r}; valid: {', '.join(sorted(EXPERIMENTS))}")
+    experiment = EXPERIMENTS[name]
+    experiment.validate(cfg)
+    check_variant(cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    log.info("device: %s", device)
+
+    raw = load_dataset(cfg)
+    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    model, provenance, curve = obtain_model(cfg, data, device, progress)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    min_acc = cfg.training.get("min_accuracy")
+    if min_acc is not None and provenance["test_accuracy"] < float(min_acc):
+        log.warning("model test accuracy %.4f is below training.min_accuracy=%s: margins of a poor model "
+                    "say little about the task", provenance["test_accuracy"], min_acc)
+
+    overrides = [o for o in (overrides or []) if not o.lstrip("+~").startswith("hydra")]
+    identity = dict(dataset=str(cfg.dataset.name), variant=str(cfg.dataset.variant), model=str(cfg.model.name),
+                    training="checkpoint" if cfg.model.checkpoint else str(cfg.training.name), seed=int(cfg.seed),
+                    overrides=" ".join(overrides))
+    ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model),
+                     device=device, identity=identity, chunks=ChunkStore(cfg_path(cfg, "cache_dir") / "chunks"),
+                     memory_budget=memory_budget(device), progress=progress)
+    out = experiment.run(ctx)
+
+    _write_outputs(out_dir, out)
+    if curve is not None:
+        write_csv(out_dir / "training.csv", curve)
+    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
+    info = dict(meta, experiment=name, identity=identity, device=str(device),
+                test_accuracy=provenance["test_accuracy"], model=provenance,
+                wall_time_s=round(time.perf_counter() - start, 3), **out.stats)
+    write_json(out_dir / "run.json", info)
+    log.info("results: %s", out_dir)
+    return info

@@ -140,3 +140,19 @@ def write_cifar10_tree(root: Path, n_train_per_batch: int = 8, n_test: int = 20,
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump(meta, f)
     return FakeArrays(train_x, train_y, test_x, test_y)
+
+
+def corrupt_digits(data_dir: Path, cache_dir: Path, download: bool = False, corruption: str = "nan"):
+    """scikit-learn digits with a defect, as a dataset loader (``dataset.loader._target_=fake_data.corrupt_digits``):
+    ``nan`` puts a NaN into one test image, ``range`` scales the pixels to 0..16 (the raw digits range)."""
+    from boundary_cli.data.digits import load_digits
+
+    data = load_digits(data_dir, cache_dir, download)
+    if corruption == "nan":
+        data.test_x[3, 0, 2, 2] = float("nan")
+    elif corruption == "range":
+        data.train_x *= 16
+        data.test_x *= 16
+    else:
+        raise ValueError(corruption)
+    return data

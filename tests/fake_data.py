@@ -142,13 +142,13 @@ def write_cifar10_tree(root: Path, n_train_per_batch: int = 8, n_test: int = 20,
     return FakeArrays(train_x, train_y, test_x, test_y)
 
 
-def corrupt_digits(data_dir: Path, cache_dir: Path, download: bool = False, corruption: str = "nan"):
+def corrupt_digits(data_dir: Path, cache_dir: Path, download: bool = False, corruption: str = "nan_pixel"):
     """scikit-learn digits with a defect, as a dataset loader (``dataset.loader._target_=fake_data.corrupt_digits``):
-    ``nan`` puts a NaN into one test image, ``range`` scales the pixels to 0..16 (the raw digits range)."""
+    ``nan_pixel`` puts a NaN into one test image, ``range`` scales the pixels to 0..16 (the raw digits range)."""
     from boundary_cli.data.digits import load_digits
 
     data = load_digits(data_dir, cache_dir, download)
-    if corruption == "nan":
+    if corruption == "nan_pixel":
         data.test_x[3, 0, 2, 2] = float("nan")
     elif corruption == "range":
         data.train_x *= 16

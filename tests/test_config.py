@@ -1,0 +1,121 @@
+"""Every config composes, every object it names instantiates, and the weights key ignores what it should."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from boundary_cli.data.images import ImageData
+from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments import EXPERIMENTS
+from boundary_cli.runner import build_model, weights_identity
+
+SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
+FITS = {"small_cnn": {8, 28, 32}, "lenet": {28}, "resnet18": {8, 28, 32}, "vgg19": {32}, "densenet121": {32}}
+
+
+def options(group: str) -> list[str]:
+    folder = resources.files("boundary_cli.conf").joinpath(group)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def cfg_for(*overrides: str, hydra: bool = False):
+    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def fake_data(channels: int, size: int) -> ImageData:
+    x = torch.rand(4, channels, size, size)
+    y = torch.arange(4)
+    return ImageData("fake", x, y, x, y, [str(i) for i in range(10)])
+
+
+def test_groups_hold_the_promised_options():
+    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist"]
+    assert options("model") == ["densenet121", "lenet", "resnet18", "small_cnn", "vgg19"]
+    assert options("training") == ["quick", "reference"]
+    assert options("experiment") == sorted(EXPERIMENTS)
+    assert options("hydra/launcher") == ["local", "slurm"]
+
+
+def test_defaults_and_contract_keys():
+    cfg = cfg_for()
+    assert (cfg.dataset.name, cfg.model.name, cfg.training.name, cfg.experiment.name) == \
+        ("digits", "small_cnn", "reference", "margin")
+    assert cfg.seed == 0 and cfg.device == "auto" and cfg.experiment.sample_seed == 0
+    assert cfg.dataset.download is False and cfg.dataset.variant == "none" and cfg.model.checkpoint is None
+    assert cfg.dataset.low_pass.mode == "square" and cfg.dataset.low_pass.bandwidth == 4
+    for key in ("candidates", "overshoot", "max_iter", "clip"):
+        assert key in cfg.experiment.deepfool
+    assert (cfg.experiment.subspaces.block, cfg.experiment.subspaces.step) == (4, 1)
+    assert "boundary" in cfg.paths.cache_dir and cfg.paths.data_dir.startswith(cfg.paths.cache_dir)
+
+
+def test_cache_and_data_dirs_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BOUNDARY_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("BOUNDARY_DATA_DIR", str(tmp_path / "d"))
+    cfg = cfg_for()
+    assert cfg.paths.cache_dir == str(tmp_path / "c") and cfg.paths.data_dir == str(tmp_path / "d")
+    monkeypatch.delenv("BOUNDARY_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cfg_for().paths.cache_dir == str(tmp_path / "xdg" / "boundary")
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+@pytest.mark.parametrize("model", options("model"))
+def test_every_dataset_model_pair_composes_and_builds_or_refuses(dataset, model):
+    cfg = cfg_for(f"dataset={dataset}", f"model={model}")
+    channels, size = SIZES[dataset]
+    data = fake_data(channels, size)
+    if size in FITS[model]:
+        net = build_model(cfg, data).eval()
+        assert net(data.test_x).shape == (4, 10)
+    else:
+        with pytest.raises(BoundaryError, match=f"{size}x{size}"):
+            build_model(cfg, data)
+
+
+@pytest.mark.parametrize("dataset,block,step", [("digits", 4, 1), ("mnist", 8, 1), ("fashion_mnist", 8, 1),
+                                               ("cifar10", 8, 2)])
+def test_subspaces_follow_the_dataset(dataset, block, step):
+    cfg = cfg_for(f"dataset={dataset}")
+    assert (cfg.experiment.subspaces.block, cfg.experiment.subspaces.step) == (block, step)
+    cfg = cfg_for(f"dataset={dataset}", "experiment.subspaces.step=3")
+    assert cfg.experiment.subspaces.step == 3
+
+
+@pytest.mark.parametrize("training", options("training"))
+def test_training_recipes_instantiate(training):
+    recipe = instantiate(cfg_for(f"training={training}").training.recipe)
+    assert recipe.epochs >= 1 and recipe.lr_at(0) == 0.0
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launcher_presets_compose(launcher, target):
+    cfg = cfg_for(f"hydra/launcher={launcher}", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_dataset_loaders_are_importable_targets():
+    for dataset in options("dataset"):
+        target = cfg_for(f"dataset={dataset}").dataset.loader._target_
+        module, name = target.rsplit(".", 1)
+        assert callable(getattr(__import__(module, fromlist=[name]), name))
+
+
+def test_weights_identity_ignores_paths_devices_and_experiment_settings():
+    base = weights_identity(cfg_for())
+    same = [cfg_for("paths.cache_dir=/elsewhere", "paths.data_dir=/x", "device=cpu", "experiment.n_samples=7",
+                    "experiment.deepfool.max_iter=3", "dataset.download=true", "training.min_accuracy=0.1",
+                    "dataset.low_pass.bandwidth=2")]
+    for cfg in same:
+        assert weights_identity(cfg) == base
+    different = [cfg_for("seed=1"), cfg_for("dataset.variant=flip"), cfg_for("model=resnet18"),
+                 cfg_for("training=quick"), cfg_for("dataset.variant=low_pass"),
+                 cfg_for("dataset.variant=low_pass", "dataset.low_pass.bandwidth=2")]
+    keys = {str(weights_identity(cfg)) for cfg in different}
+    assert str(base) not in keys and len(keys) == len(different)

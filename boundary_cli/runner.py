@@ -72,6 +72,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process (glibc only): no mmap for big blocks, no trimming.
+
+    By default glibc hands every large block back to the OS when it is freed, so each DeepFool
+    iteration re-touched hundreds of MB of fresh pages (~70k page faults per iteration for LeNet at
+    500 rows, a third of its time). Returns whether the allocator was tuned.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+    except (OSError, AttributeError):
+        return False
+
+
 def memory_budget(device: torch.device) -> int:
     """Bytes one batch of work may use: half the free GPU memory, or a quarter of the available RAM
     (at most 4 GiB: on CPU larger batches buy no speed)."""
@@ -211,13 +228,15 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        tune_cpu_allocator()
     log.info("device: %s", device)
 
     raw = load_dataset(cfg)
     data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
     model, provenance, curve = obtain_model(cfg, data, device, progress)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last: tensor cores on CUDA; on CPU oneDNN's convolutions run ~30% faster (LeNet, 2 cores)
+    model = model.to(memory_format=torch.channels_last)
     min_acc = cfg.training.get("min_accuracy")
     if min_acc is not None and provenance["test_accuracy"] < float(min_acc):
         log.warning("model test accuracy %.4f is below training.min_accuracy=%s: margins of a poor model "

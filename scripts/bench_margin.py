@@ -1,0 +1,190 @@
+"""Benchmark: batched DeepFool against a plain per-sample loop of the same algorithm, and against
+the floor of one DeepFool iteration.
+
+    python scripts/bench_margin.py                                # LeNet, Fashion-MNIST, 500 samples
+    python scripts/bench_margin.py --model resnet18 --device cuda # on a GPU
+    python scripts/bench_margin.py --subspaces --loop-samples 20  # full space + every DCT block
+
+The model comes from boundary's checkpoint store (trained with ``--training`` on first use). For
+each VJP method it reports samples/s, mean iterations, the speed-up over the per-sample loop and the
+floor ratio: time per row-iteration divided by the time of one forward with gradients, K'-1
+vector-Jacobian products and one stop-test forward on a batch of the same size, using the fastest
+VJP method measured. Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+
+from boundary_cli.data.variants import apply_variant
+from boundary_cli.experiments.margin import select_samples
+from boundary_cli.geometry.dct import diagonal_blocks
+from boundary_cli.geometry.deepfool import (
+    VJP_METHODS,
+    deepfool,
+    deepfool_subspaces,
+    difference_grads,
+    input_gradients_only,
+    rows_for_budget,
+)
+from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
+from boundary_cli.runner import load_dataset, memory_budget, obtain_model, resolve_device, tune_cpu_allocator
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, reps: int = 1):
+    """(result of the last call, median seconds over ``reps`` calls)."""
+    times, out = [], None
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.device, reps: int) -> float:
+    """Seconds per row of one iteration's unavoidable work on batch x (B, C, H, W)."""
+    def step():
+        xi = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xi)
+            cand = logits.detach().topk(kc, dim=1).indices
+            difference_grads(logits, xi, cand, method)
+        with torch.no_grad():
+            model(x)
+
+    with input_gradients_only(model):
+        step()  # warm-up
+        _, t = timed(step, device, reps)
+    return t / x.shape[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--training", default="quick")
+    p.add_argument("--n", type=int, default=500, help="samples")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--subspaces", action="store_true", help="full space plus every diagonal DCT block")
+    p.add_argument("--loop-samples", type=int, default=None, help="samples for the per-sample loop (default: all)")
+    p.add_argument("--batch-rows", type=int, default=None, help="rows per batch (default: from the memory budget)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of the floor measurement")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--channels-first", action="store_true", help="keep the model in contiguous (NCHW) memory format")
+    p.add_argument("--default-allocator", action="store_true", help="leave glibc's allocator untuned (CPU)")
+    p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
+    args = p.parse_args()
+
+    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
+                                           f"training={args.training}", f"device={args.device}", *args.overrides])
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif not args.default_allocator:
+        tune_cpu_allocator()
+    raw = load_dataset(cfg)
+    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    model, info, _ = obtain_model(cfg, data, device, progress=False)
+    if not args.channels_first:
+        model = model.to(memory_format=torch.channels_last)
+    idx = select_samples(len(data.test_y), args.n, 0)
+    x = data.test_x[idx].to(device)
+    kc = min(10, data.num_classes)
+    blocks = diagonal_blocks(data.image_size[0], cfg.dataset.subspaces.block, cfg.dataset.subspaces.step,
+                             channels=data.channels) if args.subspaces else []
+    n_rows = x.shape[0] * (1 + len(blocks))
+    batch_rows = args.batch_rows or rows_for_budget(model, x[:1], kc, memory_budget(device))
+    floor_batch = min(n_rows, batch_rows)
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.model} on {args.dataset} "
+          f"(test accuracy {info['test_accuracy']:.4f}), {x.shape[0]} samples x {1 + len(blocks)} spaces = "
+          f"{n_rows} rows, batch {batch_rows}, K' = {kc}")
+
+    def batched(method: str, keep: bool = False):
+        if blocks:
+            return deepfool_subspaces(model, x, blocks, batch_rows=batch_rows, vjp=method, keep_perturbation=keep)
+        return deepfool(model, x, batch_rows=batch_rows, vjp=method, keep_perturbation=keep)
+
+    deepfool(model, x[:8], vjp="loop")  # warm-up
+    results = {}
+    for m in VJP_METHODS:
+        res, t = timed(lambda: batched(m), device)
+        results[m] = dict(seconds=t, row_iterations=int(res.iterations.sum()),
+                          margins=res.margin.reshape(-1, x.shape[0]).cpu())
+
+    # The floor, on the points DeepFool iterates on: x in the first iteration, x + r afterwards
+    # (represented by the final x + r). Iteration cost depends on where the iterate is.
+    ref = batched("loop", keep=True)
+    pert = ref.perturbation.reshape(-1, *x.shape[1:])
+    finite = torch.isfinite(pert.flatten(1)).all(1)
+    rows = torch.arange(n_rows, device=device)[finite][:floor_batch]
+    at_x = x[rows % x.shape[0]]
+    at_r = at_x + pert[rows] / 1.02
+    floors = {m: (floor_per_row(model, at_x, kc, m, device, args.reps),
+                  floor_per_row(model, at_r, kc, m, device, args.reps)) for m in VJP_METHODS}
+    first = min(f[0] for f in floors.values())
+    later = min(f[1] for f in floors.values())
+    for m, (f1, f2) in floors.items():
+        print(f"floor[{m}]: {1e3 * f1:.4f} ms per row at x, {1e3 * f2:.4f} ms per row at x + r "
+              f"(batch {len(rows)})")
+    for r in results.values():
+        it = r["row_iterations"]
+        floor = (n_rows * first + (it - n_rows) * later) / it
+        r.update(samples_per_s=x.shape[0] / r["seconds"], mean_iterations=it / n_rows,
+                 per_row_iteration_ms=1e3 * r["seconds"] / it, floor_ms=1e3 * floor,
+                 floor_ratio=(r["seconds"] / it) / floor)
+
+    n_loop = min(args.loop_samples or x.shape[0], x.shape[0])
+    bases = [None] + [dense_block_basis(data.image_size[0], data.channels, b).to(device) for b in blocks]
+    loop_margins = np.zeros((len(bases), n_loop))
+    loop_iters = 0
+
+    def loop():
+        nonlocal loop_iters
+        loop_iters = 0
+        for s, basis in enumerate(bases):
+            for i in range(n_loop):
+                pert, it, _, _ = deepfool_single(model, x[i], basis)
+                loop_margins[s, i] = float(pert.norm())
+                loop_iters += it
+
+    with input_gradients_only(model):
+        _, t_loop = timed(loop, device)
+    loop_per_sample = t_loop / n_loop
+    print(f"per-sample loop: {n_loop} samples in {t_loop:.2f} s = {1 / loop_per_sample:.1f} samples/s, "
+          f"mean iterations {loop_iters / (n_loop * len(bases)):.2f}")
+    print(f"{'vjp':8s} {'samples/s':>10s} {'iters':>6s} {'ms/row-it':>10s} {'vs loop':>8s} {'floor ratio':>12s} "
+          f"{'median rel. diff':>17s}")
+    out = dict(device=str(device), threads=torch.get_num_threads(), model=args.model, dataset=args.dataset,
+               samples=int(x.shape[0]), spaces=1 + len(blocks), batch_rows=batch_rows,
+               floor_ms={m: dict(at_x=1e3 * f[0], at_x_plus_r=1e3 * f[1]) for m, f in floors.items()},
+               loop=dict(samples=n_loop, seconds=t_loop, samples_per_s=1 / loop_per_sample), batched={})
+    for m, r in results.items():
+        speedup = loop_per_sample / (r["seconds"] / x.shape[0])
+        b = r.pop("margins")[:, :n_loop].numpy()
+        rel = float(np.median(np.abs(b - loop_margins) / loop_margins))
+        print(f"{m:8s} {r['samples_per_s']:10.1f} {r['mean_iterations']:6.2f} {r['per_row_iteration_ms']:10.4f} "
+              f"{speedup:7.1f}x {r['floor_ratio']:12.2f} {rel:17.2e}")
+        out["batched"][m] = dict(r, speedup_vs_loop=speedup, median_rel_diff_vs_loop=rel)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

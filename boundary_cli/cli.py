@@ -51,8 +51,9 @@ def group_options(group: str) -> dict[str, str]:
 
 
 def _defaults() -> dict[str, str]:
+    """The default option of each group, from config.yaml's defaults list."""
     conf = OmegaConf.create(resources.files(CONF).joinpath("config.yaml").read_text())
-    return {k: v for d in conf.defaults if isinstance(d, DictConfig) or isinstance(d, dict) for k, v in d.items()}
+    return {k: v for entry in conf.defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 
 def check_group_choices(args: list[str]) -> None:

@@ -33,6 +33,8 @@ def test_unknown_options_name_the_valid_ones(tmp_path, digits_cache):
     assert "none, flip, low_pass" in err
     err = run_fails(tmp_path, env, "model.arch.stem=tiny", "model=resnet18")
     assert "stem" in err and "cifar" in err
+    err = run_fails(tmp_path, env, "+model.arch.depth=3")
+    assert "model small_cnn" in err and "depth" in err
 
 
 def test_missing_dataset_files_say_where_and_how(tmp_path):

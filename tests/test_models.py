@@ -101,7 +101,7 @@ def test_vgg19_message_suggests_other_models():
 def test_unknown_stem_and_option():
     with pytest.raises(BoundaryError, match="cifar, imagenet"):
         resnet18(3, 10, (32, 32), stem="tiny")
-    with pytest.raises(BoundaryError, match="depth"):
+    with pytest.raises(TypeError, match="depth"):  # instantiate turns this into one error line
         lenet(1, 10, (28, 28), depth=3)
 
 

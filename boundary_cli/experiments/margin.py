@@ -57,7 +57,8 @@ def validate(cfg: DictConfig) -> None:
         raise BoundaryError(f"experiment.deepfool.overshoot must be a number >= 0, got {df.overshoot!r}")
     _positive_int(e.subspaces.block, "experiment.subspaces.block")
     _positive_int(e.subspaces.step, "experiment.subspaces.step")
-    _positive_int(e.sample_seed + 1, "experiment.sample_seed (>= 0)")
+    if isinstance(e.sample_seed, bool) or not isinstance(e.sample_seed, int) or e.sample_seed < 0:
+        raise BoundaryError(f"experiment.sample_seed must be an integer >= 0, got {e.sample_seed!r}")
 
 
 def select_samples(n_test: int, n_samples: int | str, seed: int, eligible: Tensor | None = None) -> Tensor:

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 
-@lru_cache(maxsize=32)
-def _dct_matrix_cpu(n: int) -> Tensor:
+@lru_cache(maxsize=64)
+def _dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
     i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
     d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
     d[0] /= math.sqrt(2.0)
-    return d
+    return d.to(device=device, dtype=dtype)  # cached per device: no host-to-device copy per call
 
 
 def dct_matrix(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
@@ -33,7 +33,7 @@ def dct_matrix(n: int, *, dtype: torch.dtype = torch.float32, device: torch.devi
     transform (DCT-III) is ``D.T``. Built in float64 and cast, so float32 results are exact to
     rounding.
     """
-    return _dct_matrix_cpu(n).to(device=device, dtype=dtype)
+    return _dct_matrix(n, dtype, torch.device(device))
 
 
 def _matrices(x: Tensor) -> tuple[Tensor, Tensor]:

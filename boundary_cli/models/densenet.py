@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boundary_cli.errors import BoundaryError
+from boundary_cli.models.inputs import check_size
 
 
 class Bottleneck(nn.Module):
@@ -77,17 +77,10 @@ class DenseNet(nn.Module):
         return self.linear(out.flatten(1))
 
 
-def densenet121(in_channels: int, num_classes: int, image_size: tuple[int, int], **options: object) -> nn.Module:
+def densenet121(in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """Build kuangliu's DenseNet121 for images (B, in_channels, 32, 32), giving logits (B, num_classes).
 
-    Raises BoundaryError for any other image size or any option (DenseNet121 has none).
+    Raises BoundaryError for any other image size.
     """
-    if options:
-        raise BoundaryError(f"model densenet121 takes no options; got {', '.join(sorted(options))}")
-    h, w = image_size
-    if (h, w) != (32, 32):
-        raise BoundaryError(
-            f"model densenet121 takes 32x32 inputs only; the dataset's images are {h}x{w} (pick a dataset "
-            f"with 32x32 images or another model: small_cnn takes any size >= 4, resnet18 any size >= 8)"
-        )
+    check_size("densenet121", image_size, exact=32)
     return DenseNet(in_channels, num_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boundary_cli.errors import BoundaryError
+from boundary_cli.models.inputs import check_size
 
 
 class LeNet(nn.Module):
@@ -29,17 +29,10 @@ class LeNet(nn.Module):
         return self.fc3(out)
 
 
-def lenet(in_channels: int, num_classes: int, image_size: tuple[int, int], **options: object) -> nn.Module:
+def lenet(in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """Build a :class:`LeNet` for images (B, in_channels, 28, 28), giving logits (B, num_classes).
 
-    Raises BoundaryError for any other image size or any option (LeNet has none).
+    Raises BoundaryError for any other image size.
     """
-    if options:
-        raise BoundaryError(f"model lenet takes no options; got {', '.join(sorted(options))}")
-    h, w = image_size
-    if (h, w) != (28, 28):
-        raise BoundaryError(
-            f"model lenet takes 28x28 inputs only; the dataset's images are {h}x{w} (pick a dataset with "
-            f"28x28 images or another model: small_cnn takes any size >= 4, resnet18 any size >= 8)"
-        )
+    check_size("lenet", image_size, exact=28)
     return LeNet(in_channels, num_classes)

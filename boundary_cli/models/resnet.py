@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from boundary_cli.errors import BoundaryError
+from boundary_cli.models.inputs import check_size
 
 MIN_SIZE = 8
 STEMS = ("cifar", "imagenet")
@@ -66,25 +67,17 @@ class CifarResNet18(nn.Module):
         return self.linear(out)
 
 
-def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], stem: str = "cifar",
-             **options: object) -> nn.Module:
+def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], stem: str = "cifar") -> nn.Module:
     """Build ResNet18 for images (B, in_channels, H, W) with H, W >= 8, giving logits (B, num_classes).
 
     ``stem="cifar"``: kuangliu's CIFAR ResNet18 (keys conv1, bn1, layer1..4 with ``shortcut``, linear).
     ``stem="imagenet"``: torchvision's ResNet18 with ``conv1`` replaced by a 7x7 stride-2 conv on
     ``in_channels`` (hold-me-tight's MNIST ResNet18; keys conv1, bn1, layer*.downsample, fc).
-    Raises BoundaryError for an unknown stem, an unknown option or images smaller than 8x8.
+    Raises BoundaryError for an unknown stem or images smaller than 8x8.
     """
-    if options:
-        raise BoundaryError(f"model resnet18 takes only the option 'stem'; got {', '.join(sorted(options))}")
     if stem not in STEMS:
         raise BoundaryError(f"model resnet18 has no stem {stem!r}; valid stems: {', '.join(STEMS)}")
-    h, w = image_size
-    if min(h, w) < MIN_SIZE:
-        raise BoundaryError(
-            f"model resnet18 takes any size >= {MIN_SIZE}x{MIN_SIZE}; the dataset's images are {h}x{w} "
-            f"(pick another model: small_cnn takes any size >= 4)"
-        )
+    check_size("resnet18", image_size, minimum=MIN_SIZE)
     if stem == "cifar":
         return CifarResNet18(in_channels, num_classes)
     net = tv_resnet.ResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)

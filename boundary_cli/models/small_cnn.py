@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from boundary_cli.errors import BoundaryError
+from boundary_cli.models.inputs import check_size
 
 MIN_SIZE = 4
 
@@ -33,20 +34,13 @@ class SmallCNN(nn.Module):
         return self.linear(self.features(x).flatten(1))
 
 
-def small_cnn(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 32,
-              **options: object) -> nn.Module:
+def small_cnn(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 32) -> nn.Module:
     """Build a :class:`SmallCNN` for images (B, in_channels, H, W) with H, W >= 4, giving logits (B, num_classes).
 
     ``width`` is the number of channels of the first stage (the second has twice as many). Raises
-    BoundaryError for images smaller than 4x4 or an unknown option.
+    BoundaryError for images smaller than 4x4.
     """
-    if options:
-        raise BoundaryError(f"model small_cnn takes only the option 'width'; got {', '.join(sorted(options))}")
-    h, w = image_size
-    if min(h, w) < MIN_SIZE:
-        raise BoundaryError(
-            f"model small_cnn takes any size >= {MIN_SIZE}x{MIN_SIZE}; the dataset's images are {h}x{w}"
-        )
+    check_size("small_cnn", image_size, minimum=MIN_SIZE)
     if int(width) < 1:
         raise BoundaryError(f"model small_cnn needs width >= 1; got {width}")
     return SmallCNN(in_channels, num_classes, int(width))

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from boundary_cli.errors import BoundaryError
+from boundary_cli.models.inputs import check_size
 
 CFG_19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                            512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -43,17 +43,10 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def vgg19(in_channels: int, num_classes: int, image_size: tuple[int, int], **options: object) -> nn.Module:
+def vgg19(in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """Build VGG19 (no batch norm) for images (B, in_channels, 32, 32), giving logits (B, num_classes).
 
-    Raises BoundaryError for any other image size or any option (VGG19 has none).
+    Raises BoundaryError for any other image size.
     """
-    if options:
-        raise BoundaryError(f"model vgg19 takes no options; got {', '.join(sorted(options))}")
-    h, w = image_size
-    if (h, w) != (32, 32):
-        raise BoundaryError(
-            f"model vgg19 takes 32x32 inputs only; the dataset's images are {h}x{w} (pick a dataset with "
-            f"32x32 images or another model: small_cnn takes any size >= 4, resnet18 any size >= 8)"
-        )
+    check_size("vgg19", image_size, exact=32)
     return VGG(in_channels, num_classes)

@@ -125,3 +125,21 @@ def test_real_fashion_mnist_when_installed(tmp_path):
     summary = pd.read_csv(tmp_path / "run" / "summary.csv")
     assert len(summary) == 22
     assert summary.loc[summary["subspace"] == "full", "median"].iloc[0] < summary["median"].iloc[1:].min()
+
+
+def test_cifar10_tree_through_the_cli(tmp_path):
+    """A re-packed (tiny) CIFAR-10 tree needs dataset.check_integrity=false; 3 channels, 13 blocks."""
+    from fake_data import write_cifar10_tree
+
+    write_cifar10_tree(tmp_path / "data", n_train_per_batch=20, n_test=20)
+    env = cli_env(tmp_path / "cache", tmp_path / "data")
+    refused = boundary("run", "dataset=cifar10", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, env=env,
+                       check=False)
+    assert refused.returncode == 2 and "check_integrity" in refused.stderr
+    boundary("run", "dataset=cifar10", "dataset.check_integrity=false", "dataset.variant=low_pass",
+             "training=quick", "experiment.n_samples=4", "experiment.deepfool.max_iter=10",
+             f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    m = pd.read_csv(tmp_path / "run" / "margins.csv")
+    assert len(m) == 4 * 14 and (m.loc[m["subspace"] != "full", "dim"] == 3 * 64).all()
+    assert (m.loc[m["subspace"] == "full", "dim"] == 3 * 32 * 32).all() and (m["variant"] == "low_pass").all()
+    assert m.loc[m["subspace"] == "dct_24", "offset"].iloc[0] == 24

@@ -28,7 +28,13 @@ from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.models.checkpoint import load_weights
 from boundary_cli.models.normalize import Classifier, Normalize
-from boundary_cli.reporting.files import write_csv, write_figure, write_json, write_npy, write_text
+from boundary_cli.reporting.files import (
+    write_csv,
+    write_figure,
+    write_json,
+    write_npy,
+    write_text,
+)
 from boundary_cli.reporting.metadata import run_metadata
 from boundary_cli.training.evaluation import evaluate
 from boundary_cli.training.store import CheckpointStore

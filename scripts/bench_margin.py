@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,7 +36,13 @@ from boundary_cli.geometry.deepfool import (
     rows_for_budget,
 )
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
-from boundary_cli.runner import load_dataset, memory_budget, obtain_model, resolve_device, tune_cpu_allocator
+from boundary_cli.runner import (
+    load_dataset,
+    memory_budget,
+    obtain_model,
+    resolve_device,
+    tune_cpu_allocator,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -123,7 +130,7 @@ def main() -> None:
     deepfool(model, x[:8], vjp="loop")  # warm-up
     results = {}
     for m in VJP_METHODS:
-        res, t = timed(lambda: batched(m), device)
+        res, t = timed(partial(batched, m), device)
         results[m] = dict(seconds=t, row_iterations=int(res.iterations.sum()),
                           margins=res.margin.reshape(-1, x.shape[0]).cpu())
 

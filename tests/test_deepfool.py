@@ -6,7 +6,11 @@ import torch
 from torch import nn
 
 from boundary_cli.geometry.dct import DCTBlock, diagonal_blocks, project
-from boundary_cli.geometry.deepfool import deepfool, deepfool_subspaces, difference_grads
+from boundary_cli.geometry.deepfool import (
+    deepfool,
+    deepfool_subspaces,
+    difference_grads,
+)
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
 
 OS = 0.02

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from boundary_cli.data.images import ImageData
-from boundary_cli.data.variants import apply_variant, declared_range, normalization_stats
+from boundary_cli.data.variants import (
+    apply_variant,
+    declared_range,
+    normalization_stats,
+)
 from boundary_cli.errors import BoundaryError
 from boundary_cli.geometry.dct import dct_flip, low_pass
 

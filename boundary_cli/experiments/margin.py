@@ -22,7 +22,11 @@ from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
-from boundary_cli.geometry.deepfool import VJP_METHODS, deepfool_subspaces, rows_for_budget
+from boundary_cli.geometry.deepfool import (
+    VJP_METHODS,
+    deepfool_subspaces,
+    rows_for_budget,
+)
 from boundary_cli.reporting.plots import examples_figure, margins_figure
 from boundary_cli.reporting.summary import summarize_margins
 from boundary_cli.training.evaluation import predict
@@ -142,7 +146,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     n_s, n = res["margin"].shape
     labels = data.test_y[idx].numpy()
     table = pd.DataFrame({
-        **{k: v for k, v in ctx.identity.items()},
+        **ctx.identity,
         "sample_index": np.tile(idx.numpy(), n_s),
         "label": np.tile(labels, n_s),
         "prediction": res["prediction"].ravel(),

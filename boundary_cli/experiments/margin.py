@@ -124,7 +124,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
             x = data.test_x[chunk].to(ctx.device)
             key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
                                    blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
-                                   device=ctx.device.type, **params))
+                                   device=ctx.device.type, torch=torch.__version__, **params))
             got = ctx.chunks.get(key)
             if got is not None and all(k in got for k in keys):
                 reused += 1

@@ -125,7 +125,9 @@ def test_invariant_subspace_gives_infinite_margin_flagged():
     x = torch.rand(5, 1, n, n)
     res = deepfool(model, x, subspace=DCTBlock(4, 4, 16))
     assert torch.isinf(res.margin).all() and not res.converged.any()
-    assert (res.iterations == 1).all()
+    assert (res.iterations == 1).all() and torch.isinf(res.perturbation).all()
+    pert, it, k0, k_adv = deepfool_single(model, x[0], dense_block_basis(n, 1, DCTBlock(4, 4, 16)))
+    assert torch.isinf(pert).all() and it == 1 and k0 == k_adv
 
 
 def test_batched_agrees_with_the_per_sample_reference():

@@ -39,7 +39,7 @@ class DeepFoolResult:
 
     Attributes:
         perturbation: (..., C, H, W) ``x_adv - x`` with ``x_adv = x + (1 + overshoot) r`` (clipped
-            when clipping is on), or None when not kept.
+            when clipping is on; inf for rows that could not move), or None when not kept.
         margin: (...) L2 norm of the perturbation, pixel units; inf when the row could not move.
         margin_linf: (...) L-inf norm of the perturbation.
         iterations: (...) int64 iterations run.
@@ -229,7 +229,7 @@ def _deepfool_rows(
             prediction[g] = k0[fin]
             adv_label[g] = k_adv[fin]
             if perturbation is not None:
-                perturbation[g] = delta
+                perturbation[g] = torch.where(stuck[fin].view(-1, *([1] * (x.ndim - 1))), inf, delta)
             keep = (~done).nonzero().squeeze(1)
             idx, xa, ra, it, cand = idx[keep], xa[keep], ra[keep], it[keep], cand[keep]
             if blk is not None:

@@ -86,6 +86,52 @@ def _subspace_table(blocks: list[DCTBlock], include_full: bool, c: int, n: int) 
     return pd.DataFrame(rows)
 
 
+RESULT_KEYS = ("margin", "margin_linf", "iterations", "converged", "prediction", "adv_label")
+
+
+def _measure(ctx: RunContext, idx: Tensor, blocks: list[DCTBlock], include_full: bool, params: dict[str, Any],
+             batch_rows: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """DeepFool for test samples ``idx`` in every space, chunk by chunk, reusing cached chunks.
+
+    Returns the RESULT_KEYS arrays, each (S, N), and the cost statistics for run.json.
+    """
+    e, data = ctx.cfg.experiment, ctx.data
+    n_spaces = len(blocks) + int(include_full)
+    parts: dict[str, list[Tensor]] = {k: [] for k in RESULT_KEYS}
+    n_fwd = n_bwd = reused = computed = 0
+    compute_s = 0.0
+    chunks = torch.split(idx, int(e.chunk_size))
+    with tqdm(total=len(idx) * n_spaces, desc="margins", unit="row",
+              disable=None if ctx.progress is None else not ctx.progress) as bar:
+        for chunk in chunks:
+            x = data.test_x[chunk].to(ctx.device)
+            key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
+                                   blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
+                                   device=ctx.device.type, torch=torch.__version__, **params))
+            got = ctx.chunks.get(key)
+            was_reused = got is not None and all(k in got for k in RESULT_KEYS)
+            if was_reused:
+                reused += 1
+                bar.update(x.shape[0] * n_spaces)
+            else:
+                start = time.perf_counter()
+                res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
+                                         vjp=e.vjp, progress=bar.update, **params)
+                compute_s += time.perf_counter() - start
+                n_fwd, n_bwd, computed = n_fwd + res.n_forward, n_bwd + res.n_backward, computed + x.shape[0]
+                got = {k: getattr(res, k).cpu() for k in RESULT_KEYS}
+                ctx.chunks.put(key, got)
+            for k in RESULT_KEYS:
+                parts[k].append(got[k])
+            if bar.disable:  # no terminal (SLURM logs, pipes): a line per chunk instead of the bar
+                log.info("chunk %d/%d %s: %d of %d rows done", len(parts["margin"]), len(chunks),
+                         "reused from the cache" if was_reused else "computed", bar.n, bar.total)
+    stats = dict(n_forward=int(n_fwd), n_backward=int(n_bwd), chunks_total=len(chunks), chunks_reused=reused,
+                 margin_time_s=round(compute_s, 3),
+                 samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None)
+    return {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}, stats
+
+
 def run(ctx: RunContext) -> ExperimentOutput:
     e = ctx.cfg.experiment
     data = ctx.data
@@ -113,36 +159,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     log.info("margin: %d samples x %d subspaces (%s), %d rows per batch on %s", len(idx), len(spaces),
              ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""), batch_rows, ctx.device)
 
-    keys = ["margin", "margin_linf", "iterations", "converged", "prediction", "adv_label"]
-    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
-    n_fwd = n_bwd = reused = computed = 0
-    compute_s = 0.0
-    chunks = torch.split(idx, int(e.chunk_size))
-    with tqdm(total=len(idx) * len(spaces), desc="margins", unit="row",
-              disable=None if ctx.progress is None else not ctx.progress) as bar:
-        for chunk in chunks:
-            x = data.test_x[chunk].to(ctx.device)
-            key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
-                                   blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
-                                   device=ctx.device.type, torch=torch.__version__, **params))
-            got = ctx.chunks.get(key)
-            if got is not None and all(k in got for k in keys):
-                reused += 1
-                bar.update(x.shape[0] * len(spaces))
-            else:
-                start = time.perf_counter()
-                res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
-                                         vjp=e.vjp, progress=bar.update, **params)
-                compute_s += time.perf_counter() - start
-                n_fwd += res.n_forward
-                n_bwd += res.n_backward
-                computed += x.shape[0]
-                got = {k: getattr(res, k).cpu() for k in keys}
-                ctx.chunks.put(key, got)
-            for k in keys:
-                parts[k].append(got[k])
-    res = {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}  # each (S, N)
-
+    res, stats = _measure(ctx, idx, blocks, include_full, params, batch_rows)
     n_s, n = res["margin"].shape
     labels = data.test_y[idx].numpy()
     table = pd.DataFrame({
@@ -164,10 +181,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
     bw = ctx.cfg.dataset.low_pass.bandwidth or w // 2
     examples = {"as given": raw, "flip": dct_flip(raw),
                 f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
-    stats = dict(n_samples=int(n), n_subspaces=int(n_s), n_forward=int(n_fwd), n_backward=int(n_bwd),
-                 chunks_total=len(chunks), chunks_reused=reused, margin_time_s=round(compute_s, 3),
-                 samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None,
-                 batch_rows=batch_rows, candidates=kc, mean_iterations=float(res["iterations"].mean()))
+    stats.update(n_samples=int(n), n_subspaces=int(n_s), batch_rows=batch_rows, candidates=kc,
+                 mean_iterations=float(res["iterations"].mean()))
     for _, row in summary.iterrows():
         log.info("%-8s median margin %.4g  [%.4g, %.4g]  converged %.0f%%", row["subspace"], row["median"],
                  row["median_ci_low"], row["median_ci_high"], 100 * row["share_converged"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from tqdm.auto import tqdm
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.training.evaluation import evaluate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,5 +85,8 @@ class OneCycleSGD:
                              train_accuracy=correct / n, test_loss=test_loss, test_accuracy=test_acc,
                              seconds=time.perf_counter() - start))
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", test_acc=f"{test_acc:.3f}")
+            if bar.disable:  # no terminal (SLURM logs, pipes): a line per epoch instead of the bar
+                log.info("epoch %d/%d: train loss %.4f, train accuracy %.4f, test accuracy %.4f (%.1f s)",
+                         epoch + 1, self.epochs, loss_sum / n, correct / n, test_acc, rows[-1]["seconds"])
         model.eval()
         return pd.DataFrame(rows)

@@ -25,6 +25,17 @@ def _label(run: str, table: pd.DataFrame) -> str:
     return " ".join(parts) or run
 
 
+def _short_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Drop the override tokens every run shares (``dataset=... model=...``) from the labels, so the
+    legend shows what differs; runs whose labels then coincide keep their folder as a prefix."""
+    tokens = {run: label.split() for run, label in labels.items()}
+    common = set.intersection(*(set(t) for t in tokens.values())) if len(tokens) > 1 else set()
+    short = {run: " ".join(t for t in toks if t not in common) or labels[run] for run, toks in tokens.items()}
+    if len(set(short.values())) < len(short):
+        short = {run: f"{run}: {label}" for run, label in short.items()}
+    return short
+
+
 def build_report(sweep_dir: str | Path) -> Path:
     """Concatenate ``*/margins.csv`` and ``*/summary.csv`` found under ``sweep_dir`` (any depth) into
     ``<sweep_dir>/report/margins.csv`` and ``summary.csv``, each row tagged with its ``run`` folder and
@@ -53,9 +64,9 @@ def build_report(sweep_dir: str | Path) -> Path:
     if not margins:
         raise BoundaryError(f"no run results (margins.csv with summary.csv) found under {root}")
     summary = pd.concat(summaries, ignore_index=True)
-    if summary["label"].duplicated().any() and summary.groupby("label")["run"].nunique().max() > 1:
-        summary["label"] = summary["run"] + ": " + summary["label"]
-        margins = [m.assign(label=m["run"] + ": " + m["label"]) for m in margins]
+    short = _short_labels(summary.drop_duplicates("run").set_index("run")["label"].to_dict())
+    summary["label"] = summary["run"].map(short)
+    margins = [m.assign(label=m["run"].map(short)) for m in margins]
     write_csv(out / "margins.csv", pd.concat(margins, ignore_index=True))
     write_csv(out / "summary.csv", summary)
     fig = comparison_figure(summary, label="label")

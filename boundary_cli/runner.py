@@ -191,7 +191,7 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
 
     recipe = _instantiate(cfg.training.recipe, f"training recipe {cfg.training.name}")
     seed_everything(int(cfg.seed))
-    model = build_model(cfg, data).to(device)
+    model = build_model(cfg, data).to(device, memory_format=torch.channels_last)
     log.info("training %s on %s (%s, seed %d) on %s", cfg.model.name, data.name, cfg.training.name, cfg.seed, device)
     start = time.perf_counter()
     curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress)

@@ -67,7 +67,8 @@ class OneCycleSGD:
             loss_sum, correct = 0.0, 0
             for b in range(steps):
                 idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                xb, yb = x[idx].to(device), y[idx].to(device)
+                xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+                yb = y[idx].to(device)
                 for group in opt.param_groups:
                     group["lr"] = self.lr_at(epoch + (b + 1) / steps)
                 logits = model(xb)

@@ -40,8 +40,7 @@ from boundary_cli.runner import (
     load_dataset,
     memory_budget,
     obtain_model,
-    resolve_device,
-    tune_cpu_allocator,
+    prepare_device,
 )
 
 
@@ -99,17 +98,12 @@ def main() -> None:
     with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
         cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
                                            f"training={args.training}", f"device={args.device}", *args.overrides])
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif not args.default_allocator:
-        tune_cpu_allocator()
+    device = prepare_device(cfg.device, tune_allocator=not args.default_allocator)
     raw = load_dataset(cfg)
     data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
     model, info, _ = obtain_model(cfg, data, device, progress=False)
-    if not args.channels_first:
-        model = model.to(memory_format=torch.channels_last)
+    if args.channels_first:
+        model = model.to(memory_format=torch.contiguous_format)
     idx = select_samples(len(data.test_y), args.n, 0)
     x = data.test_x[idx].to(device)
     kc = min(10, data.num_classes)

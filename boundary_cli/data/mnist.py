@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from boundary_cli.data.sources import (
     to_image_data,
 )
 from boundary_cli.errors import BoundaryError
+from boundary_cli.reporting.files import atomic_path
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -81,14 +81,8 @@ def _decompress_into(source_dir: Path, dest_dir: Path, names: Sequence[str]) -> 
             dest = dest_dir / name
             if dest.is_file():
                 continue
-            # A unique temporary name in the same folder, so that concurrent runs never see half a file.
-            tmp = dest_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
-                with gzip.open(source_dir / f"{name}.gz", "rb") as src, open(tmp, "xb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with atomic_path(dest) as tmp, gzip.open(source_dir / f"{name}.gz", "rb") as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise BoundaryError(
             f"could not decompress Fashion-MNIST from {source_dir}{os.sep} into {dest_dir}{os.sep}: {one_line(err)}. "

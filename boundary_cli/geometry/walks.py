@@ -1,0 +1,291 @@
+"""Fixed-length normalised-gradient walks across the decision boundary (Decision-Flip-Experiments §2.3).
+
+One batched walk serves every variant. A row is (image, target). At each step the model's class at
+the current point is recorded; the row stops when its stop test holds, otherwise it moves by
+``eta · g / ‖g‖``:
+
+========== ======================================= ==================================
+mode       direction (g = ∇ cross-entropy)          stops when the class at x ...
+========== ======================================= ==================================
+targeted   descend the loss of target t            ... is t
+untargeted ascend the loss of the source class     ... differs from the source class
+flipstop   descend the loss of target t            ... differs from the source class
+========== ======================================= ==================================
+
+The source class is the model's prediction at the starting image, never a ground-truth label.
+Rows whose target is the source class (the "own slot") are not walked: status ``own``, distance 0.
+Unlike the reference, every row has a hard ``max_steps`` cap (status ``capped``), and a row whose
+gradient is exactly zero stops (status ``zero_grad``). Distances are reported both as L2 and as
+squared L2 (the reference plots squared distances labelled "L2"); the step length quantises them:
+the last step overshoots the boundary by up to ``eta``.
+
+At most ``batch_rows`` rows are in flight; a finished row leaves the batch and a pending row takes
+its place. Per step and row: one forward and one input-gradient backward, one host sync per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from boundary_cli.geometry.deepfool import input_gradients_only
+
+WALK_MODES = ("targeted", "untargeted", "flipstop")
+STATUSES = ("flipped", "capped", "zero_grad", "own")
+FLIPPED, CAPPED, ZERO_GRAD, OWN = range(4)
+
+
+@dataclass
+class WalkResult:
+    """Per-row outputs of a walk; leading shape ``(R,)`` for :func:`walk`, ``(N, T)`` for
+    :func:`walk_to_classes`.
+
+    Attributes:
+        x_end: (..., C, H, W) the point where the row stopped, or None when not kept.
+        l2: (...) Euclidean distance from the start to ``x_end``, pixel units.
+        l2_sq: (...) its square (what the reference plots as "L2").
+        steps: (...) int64 steps taken.
+        status: (...) int64 code into :data:`STATUSES` (flipped, capped, zero_grad, own).
+        source: (...) int64 class the model gives the starting image.
+        target: (...) int64 target class (the source class for untargeted rows).
+        end_class: (...) int64 class at ``x_end``.
+        first_exit: (...) int64 first class other than the source met along the walk, -1 if none.
+        first_exit_step: (...) int64 step at which it was met, -1 if never.
+        visited: (..., K) bool, classes predicted at any point of the walk (the source included).
+        n_forward: forwards summed over rows (one per row-step).
+        n_backward: input-gradient backwards summed over rows (one per row-step that moved or tried).
+    """
+
+    x_end: Tensor | None
+    l2: Tensor
+    l2_sq: Tensor
+    steps: Tensor
+    status: Tensor
+    source: Tensor
+    target: Tensor
+    end_class: Tensor
+    first_exit: Tensor
+    first_exit_step: Tensor
+    visited: Tensor
+    n_forward: int = 0
+    n_backward: int = 0
+
+    @property
+    def flipped(self) -> Tensor:
+        return self.status == FLIPPED
+
+    def status_names(self) -> list[str]:
+        """Statuses as words, flattened in row order."""
+        return [STATUSES[int(s)] for s in self.status.reshape(-1)]
+
+
+def _walk_rows(
+    model: nn.Module,
+    x: Tensor,
+    row_image: Tensor,
+    row_target: Tensor | None,
+    *,
+    mode: str,
+    eta: float,
+    max_steps: int,
+    clip: tuple[float, float] | None,
+    batch_rows: int,
+    keep_points: bool,
+    progress: Callable[[int], None] | None,
+) -> WalkResult:
+    """The shared core: walk rows starting at ``x[row_image]`` toward ``row_target`` (None for
+    untargeted). Outputs have leading shape (R,)."""
+    n_rows, dev = int(row_image.shape[0]), x.device
+    with torch.no_grad():
+        n_classes = int(model(x[:1]).shape[1])
+    if row_target is not None and row_target.numel() and (int(row_target.min()) < 0 or int(row_target.max()) >= n_classes):
+        raise ValueError(f"targets must lie in [0, {n_classes - 1}]")
+
+    def longs(fill: int = 0) -> Tensor:
+        return torch.full((n_rows,), fill, dtype=torch.long, device=dev)
+
+    steps, status, source, target, end_class = longs(), longs(), longs(), longs(), longs()
+    first_exit, first_exit_step = longs(-1), longs(-1)
+    visited = torch.zeros((n_rows, n_classes), dtype=torch.bool, device=dev)
+    x_end = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_points else None
+    l2 = torch.zeros(n_rows, dtype=x.dtype, device=dev)
+
+    # State of the rows in flight (``src`` is -1 until a row's first forward).
+    idx = torch.empty(0, dtype=torch.long, device=dev)
+    xa = x[:0]
+    src = tgt = st = idx
+    next_row, n_fwd, n_bwd = 0, 0, 0
+    sign = 1.0 if mode == "untargeted" else -1.0
+
+    with input_gradients_only(model):
+        while next_row < n_rows or idx.numel() > 0:
+            take = min(batch_rows - idx.numel(), n_rows - next_row)
+            if take > 0:
+                new = torch.arange(next_row, next_row + take, device=dev)
+                idx = torch.cat([idx, new])
+                xa = torch.cat([xa, x[row_image[new]]])
+                src = torch.cat([src, torch.full((take,), -1, dtype=torch.long, device=dev)])
+                tgt = torch.cat([tgt, row_target[new] if row_target is not None else new * 0])
+                st = torch.cat([st, torch.zeros(take, dtype=torch.long, device=dev)])
+                next_row += take
+
+            xi = xa.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xi)
+                pred = logits.detach().argmax(dim=1)
+                src = torch.where(src < 0, pred, src)
+                if mode == "untargeted":
+                    tgt = src
+                loss = F.cross_entropy(logits, tgt, reduction="sum")
+                (g,) = torch.autograd.grad(loss, xi)
+            n_fwd += idx.numel()
+            n_bwd += idx.numel()
+
+            visited[idx, pred] = True
+            left = (pred != src) & (first_exit[idx] < 0)
+            first_exit[idx] = torch.where(left, pred, first_exit[idx])
+            first_exit_step[idx] = torch.where(left, st, first_exit_step[idx])
+            own = (st == 0) & (tgt == src) & (mode != "untargeted")
+            arrived = (pred == tgt) if mode == "targeted" else (pred != src)
+            gnorm = g.flatten(1).norm(dim=1)
+            code = torch.full_like(st, -1)
+            code = torch.where((code < 0) & own, OWN, code)
+            code = torch.where((code < 0) & arrived, FLIPPED, code)
+            code = torch.where((code < 0) & (st >= max_steps), CAPPED, code)
+            code = torch.where((code < 0) & (gnorm == 0), ZERO_GRAD, code)
+            done = code >= 0
+
+            fin = done.nonzero().squeeze(1)  # the one host sync of the step
+            if fin.numel():
+                r = idx[fin]
+                steps[r], status[r], source[r], target[r], end_class[r] = st[fin], code[fin], src[fin], tgt[fin], pred[fin]
+                l2[r] = (xa[fin] - x[row_image[r]]).flatten(1).norm(dim=1)
+                if x_end is not None:
+                    x_end[r] = xa[fin]
+                if progress is not None:
+                    progress(int(fin.numel()))
+                keep = (~done).nonzero().squeeze(1)
+                idx, xa, src, tgt, st = idx[keep], xa[keep], src[keep], tgt[keep], st[keep]
+                g, gnorm = g[keep], gnorm[keep]
+            if idx.numel() == 0:
+                continue
+            step = (sign * eta / gnorm).view(-1, *([1] * (x.ndim - 1))) * g
+            xa = xa.detach() + step
+            if clip is not None:
+                xa = xa.clamp(*clip)
+            st = st + 1
+
+    return WalkResult(x_end, l2, l2 * l2, steps, status, source, target, end_class, first_exit, first_exit_step,
+                      visited, n_fwd, n_bwd)
+
+
+def _check(x: Tensor, mode: str, eta: float, max_steps: int, batch_rows: int) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"x must be (B, ...), got shape {tuple(x.shape)}")
+    if mode not in WALK_MODES:
+        raise ValueError(f"unknown walk mode {mode!r}; valid: {', '.join(WALK_MODES)}")
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    if max_steps < 0 or batch_rows < 1:
+        raise ValueError("need max_steps >= 0 and batch_rows >= 1")
+
+
+def walk(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = None,
+    *,
+    mode: str = "targeted",
+    eta: float = 0.05,
+    max_steps: int = 1000,
+    clip: tuple[float, float] | None = None,
+    batch_rows: int = 1024,
+    keep_points: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> WalkResult:
+    """Walk every image of ``x`` until its stop test holds (see the module doc for the modes).
+
+    Args:
+        model: classifier ``(B, C, H, W) -> (B, K)`` in eval mode; left untouched.
+        x: (B, C, H, W) starting images in the model's input units.
+        target: (B,) int64 target classes; required for ``targeted`` and ``flipstop``, ignored
+            for ``untargeted``.
+        mode: ``targeted``, ``untargeted`` or ``flipstop``.
+        eta: step length (L2, pixel units).
+        max_steps: steps after which a row gives up (status ``capped``).
+        clip: optional (low, high) box every step is clamped to.
+        batch_rows: rows in flight at once (memory budget).
+        keep_points: return the end points (else ``x_end`` is None).
+        progress: called with the number of rows that just finished.
+
+    Returns:
+        :class:`WalkResult` with leading shape (B,).
+    """
+    _check(x, mode, eta, max_steps, batch_rows)
+    if mode != "untargeted" and target is None:
+        raise ValueError(f"mode={mode} needs a target per image")
+    rows = torch.arange(x.shape[0], device=x.device)
+    tgt = None if mode == "untargeted" else torch.as_tensor(target, dtype=torch.long, device=x.device).view(-1)
+    if tgt is not None and tgt.shape[0] != x.shape[0]:
+        raise ValueError(f"need one target per image: {tgt.shape[0]} targets for {x.shape[0]} images")
+    return _walk_rows(model, x, rows, tgt, mode=mode, eta=eta, max_steps=max_steps, clip=clip,
+                      batch_rows=batch_rows, keep_points=keep_points, progress=progress)
+
+
+def walk_to_classes(
+    model: nn.Module,
+    x: Tensor,
+    classes: Tensor | None = None,
+    *,
+    mode: str = "targeted",
+    eta: float = 0.05,
+    max_steps: int = 1000,
+    clip: tuple[float, float] | None = None,
+    batch_rows: int = 1024,
+    keep_points: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> WalkResult:
+    """Walk every image toward every class of ``classes`` (default: all K classes) in one batch.
+
+    Rows are (image, target) pairs; the own slot (target = the image's predicted class) is not
+    walked and has status ``own`` and distance 0. Arguments are those of :func:`walk`; ``mode`` is
+    ``targeted`` or ``flipstop``.
+
+    Returns:
+        :class:`WalkResult` with leading shape (N, T), T = ``len(classes)``, ``x_end`` (N, T, C, H, W).
+    """
+    _check(x, mode, eta, max_steps, batch_rows)
+    if mode == "untargeted":
+        raise ValueError("walk_to_classes needs a targeted mode (targeted or flipstop)")
+    if classes is None:
+        with torch.no_grad():
+            classes = torch.arange(int(model(x[:1]).shape[1]), device=x.device)
+    classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).view(-1)
+    n, t = x.shape[0], classes.shape[0]
+    rows = torch.arange(n, device=x.device).repeat_interleave(t)
+    res = _walk_rows(model, x, rows, classes.repeat(n), mode=mode, eta=eta, max_steps=max_steps, clip=clip,
+                     batch_rows=batch_rows, keep_points=keep_points, progress=progress)
+    for f in fields(WalkResult):
+        v = getattr(res, f.name)
+        if isinstance(v, Tensor):
+            setattr(res, f.name, v.view(n, t, *v.shape[1:]))
+    return res
+
+
+def nearest_flip(res: WalkResult) -> tuple[Tensor, Tensor]:
+    """The closest successful flip of each image of a :func:`walk_to_classes` result.
+
+    Args:
+        res: result with leading shape (N, T).
+
+    Returns:
+        (slot, l2): (N,) int64 index into T of the nearest row with status ``flipped`` (own slot and
+        failed rows excluded; -1 when none flipped) and (N,) its L2 distance (inf when none).
+    """
+    d = torch.where(res.status == FLIPPED, res.l2, torch.full_like(res.l2, float("inf")))
+    l2, slot = d.min(dim=1)
+    return torch.where(torch.isfinite(l2), slot, torch.full_like(slot, -1)), l2

@@ -19,6 +19,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from boundary_cli.cache import ChunkStore, model_hash
 from boundary_cli.data.images import ImageData
@@ -170,15 +171,42 @@ def weights_identity(cfg: DictConfig) -> dict[str, Any]:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("checkpoint", None)
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    training.pop("min_accuracy", None)
+    for key in ("min_accuracy", "save_epochs"):
+        training.pop(key, None)
     return dict(format=STORE_FORMAT, dataset=dataset, model=model, training=training, seed=int(cfg.seed))
 
 
-def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
-                 progress: bool | None = None) -> tuple[Classifier, dict[str, Any], Any]:
+def snapshot_epochs(cfg: DictConfig, epoch: int | None = None) -> tuple[int, list[int]]:
+    """(final epoch of the training recipe, sorted epochs whose weights training keeps: the
+    final one, ``training.save_epochs`` and ``epoch``). Raises BoundaryError for epochs the
+    recipe never reaches."""
+    final = int(cfg.training.recipe.get("epochs", 0) or 0)
+    wanted = [int(e) for e in (cfg.training.get("save_epochs") or [])] + ([int(epoch)] if epoch is not None else [])
+    bad = [e for e in wanted if not 1 <= e <= final]
+    if bad:
+        raise BoundaryError(f"epoch(s) {', '.join(map(str, bad))} asked for, but training={cfg.training.name} "
+                            f"runs epochs 1..{final}; change training.save_epochs / the experiment's epochs "
+                            f"or training.recipe.epochs")
+    return final, sorted(set(wanted) | {final})
+
+
+def _snapshot_identity(identity: dict[str, Any], epoch: int, final: int) -> dict[str, Any]:
+    """The store key of the weights after ``epoch`` epochs of the run ``identity`` describes."""
+    return identity if epoch == final else dict(identity, epoch=int(epoch))
+
+
+def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progress: bool | None = None,
+                 epoch: int | None = None) -> tuple[Classifier, dict[str, Any], Any]:
     """The model in eval mode on ``device``: from ``model.checkpoint``, from the store, or trained
-    now (and stored). Returns (model, provenance for run.json, training curve or None)."""
+    now (and stored, with a snapshot at every epoch of ``training.save_epochs``).
+
+    ``epoch`` asks for the weights after that many epochs of the configured run (None: the final
+    ones). Returns (model, provenance for run.json, training curve or None).
+    """
     if cfg.model.checkpoint:
+        if epoch is not None:
+            raise BoundaryError(f"epoch {epoch} of a training run asked for, but model.checkpoint gives one set of "
+                                f"weights; leave model.checkpoint unset to use the checkpoint store")
         path = Path(str(cfg.model.checkpoint)).expanduser()
         model = build_model(cfg, data)
         load_weights(model.net, path, arch=str(cfg.model.name))
@@ -186,9 +214,12 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
         _, acc = evaluate(model, data.test_x, data.test_y, device=device)
         return model, dict(source="file", path=str(path.resolve()), test_accuracy=acc), None
 
+    final, snapshots = snapshot_epochs(cfg, epoch)
+    epoch = final if epoch is None else int(epoch)
     identity = weights_identity(cfg)
     store = CheckpointStore(cfg_path(cfg, "cache_dir") / "checkpoints")
-    stored = store.load(identity)
+    wanted = _snapshot_identity(identity, epoch, final)
+    stored = store.load(wanted)
     if stored is not None:
         model = build_model(cfg, data)
         try:
@@ -197,9 +228,10 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
             log.warning("stored checkpoint %s does not fit the model; training again", stored.path)
             stored = None
         else:
-            log.info("model: %s (cached, test accuracy %.4f)", stored.path, stored.meta["test_accuracy"])
+            log.info("model: %s (cached, epoch %d, test accuracy %.4f)", stored.path, epoch,
+                     stored.meta["test_accuracy"])
             return (model.to(device).eval(),
-                    dict(source="store", path=str(stored.path), key=store.key(identity),
+                    dict(source="store", path=str(stored.path), key=store.key(wanted), epoch=epoch,
                          test_accuracy=stored.meta["test_accuracy"]), stored.curve)
 
     recipe = _instantiate(cfg.training.recipe, f"training recipe {cfg.training.name}")
@@ -207,14 +239,29 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device,
     model = build_model(cfg, data).to(device)
     log.info("training %s on %s (%s, seed %d) on %s", cfg.model.name, data.name, cfg.training.name, cfg.seed, device)
     start = time.perf_counter()
-    curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress)
+    kept: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+
+    def keep_snapshot(done: int, trained: nn.Module) -> None:
+        if done in snapshots and done != final:
+            _, acc = evaluate(trained, data.test_x, data.test_y, device=device)
+            sd = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
+            store.save(_snapshot_identity(identity, done, final), sd,
+                       dict(test_accuracy=acc, epoch=done, trained_on=str(device)), None)
+            kept[done] = (sd, acc)
+            log.info("model: kept the weights of epoch %d (test accuracy %.4f)", done, acc)
+
+    curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress, on_epoch=keep_snapshot)
     seconds = time.perf_counter() - start
     acc = float(curve["test_accuracy"].iloc[-1])
     path = store.save(identity, model.state_dict(), dict(test_accuracy=acc, train_seconds=round(seconds, 2),
-                                                         trained_on=str(device)), curve)
+                                                         epoch=final, trained_on=str(device)), curve)
     log.info("model: trained in %.1f s, test accuracy %.4f, stored at %s", seconds, acc, path)
-    return model.eval(), dict(source="trained", path=str(path), key=store.key(identity), test_accuracy=acc,
-                              train_seconds=round(seconds, 2)), curve
+    if epoch != final:
+        sd, acc = kept[epoch]
+        model.load_state_dict(sd)
+        path = store.path(wanted)
+    return model.eval(), dict(source="trained", path=str(path), key=store.key(wanted), epoch=epoch,
+                              test_accuracy=acc, train_seconds=round(seconds, 2)), curve
 
 
 def _write_outputs(out_dir: Path, out: ExperimentOutput) -> None:
@@ -248,7 +295,10 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
 
     raw = load_dataset(cfg)
     data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    model, provenance, curve = obtain_model(cfg, data, device, progress)
+    epochs = experiment.model_epochs(cfg) if hasattr(experiment, "model_epochs") else [None]
+    obtained = [obtain_model(cfg, data, device, progress, epoch=e) for e in epochs]
+    model, provenance, _ = obtained[0]
+    curve = next((c for _, _, c in obtained if c is not None), None)
     min_acc = cfg.training.get("min_accuracy")
     if min_acc is not None and provenance["test_accuracy"] < float(min_acc):
         log.warning("model test accuracy %.4f is below training.min_accuracy=%s: margins of a poor model "
@@ -260,7 +310,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
                     overrides=" ".join(overrides))
     ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model),
                      device=device, identity=identity, chunks=ChunkStore(cfg_path(cfg, "cache_dir") / "chunks"),
-                     memory_budget=memory_budget(device), progress=progress)
+                     memory_budget=memory_budget(device), progress=progress,
+                     snapshots={e: (m, p) for e, (m, p, _) in zip(epochs, obtained)})
     out = experiment.run(ctx)
 
     _write_outputs(out_dir, out)
@@ -269,6 +320,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     info = dict(meta, experiment=name, identity=identity, device=str(device),
                 test_accuracy=provenance["test_accuracy"], model=provenance,
+                **({"models": [p for _, p, _ in obtained]} if len(obtained) > 1 else {}),
                 wall_time_s=round(time.perf_counter() - start, 3), **out.stats)
     write_json(out_dir / "run.json", info)
     log.info("results: %s", out_dir)

@@ -31,6 +31,8 @@ class RunContext:
         chunks: store of finished work chunks in the cache.
         memory_budget: bytes the experiment may use for one batch of work.
         progress: tqdm ``disable`` semantics inverted: None = auto (only on a terminal).
+        snapshots: ``{epoch: (model, provenance)}`` for every epoch the experiment's
+            ``model_epochs(cfg)`` asked for (None = the final weights); ``model`` is the first.
     """
 
     cfg: DictConfig
@@ -43,6 +45,7 @@ class RunContext:
     chunks: ChunkStore
     memory_budget: int
     progress: bool | None = None
+    snapshots: dict[int | None, tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass

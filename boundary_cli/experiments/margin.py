@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments.checks import positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
 from boundary_cli.geometry.deepfool import (
@@ -37,30 +38,24 @@ CHUNK_FORMAT = 1  # bump when the meaning of stored chunks changes
 N_EXAMPLES = 6
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BoundaryError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
 def validate(cfg: DictConfig) -> None:
     """Check the experiment section before any data is loaded or model trained."""
     e = cfg.experiment
     if e.n_samples != "all":
-        _positive_int(e.n_samples, "experiment.n_samples (or 'all')")
-    _positive_int(e.chunk_size, "experiment.chunk_size")
+        positive_int(e.n_samples, "experiment.n_samples (or 'all')")
+    positive_int(e.chunk_size, "experiment.chunk_size")
     if e.batch_rows != "auto":
-        _positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
+        positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
     if e.vjp not in VJP_METHODS:
         raise BoundaryError(f"unknown experiment.vjp={e.vjp!r}; valid: {', '.join(VJP_METHODS)}")
     df = e.deepfool
-    if _positive_int(df.candidates, "experiment.deepfool.candidates") < 2:
+    if positive_int(df.candidates, "experiment.deepfool.candidates") < 2:
         raise BoundaryError("experiment.deepfool.candidates must be at least 2")
-    _positive_int(df.max_iter, "experiment.deepfool.max_iter")
+    positive_int(df.max_iter, "experiment.deepfool.max_iter")
     if not isinstance(df.overshoot, (int, float)) or df.overshoot < 0:
         raise BoundaryError(f"experiment.deepfool.overshoot must be a number >= 0, got {df.overshoot!r}")
-    _positive_int(e.subspaces.block, "experiment.subspaces.block")
-    _positive_int(e.subspaces.step, "experiment.subspaces.step")
+    positive_int(e.subspaces.block, "experiment.subspaces.block")
+    positive_int(e.subspaces.step, "experiment.subspaces.step")
     if isinstance(e.sample_seed, bool) or not isinstance(e.sample_seed, int) or e.sample_seed < 0:
         raise BoundaryError(f"experiment.sample_seed must be an integer >= 0, got {e.sample_seed!r}")
 
@@ -124,8 +119,9 @@ def _measure(ctx: RunContext, idx: Tensor, blocks: list[DCTBlock], include_full:
             for k in RESULT_KEYS:
                 parts[k].append(got[k])
             if bar.disable:  # no terminal (SLURM logs, pipes): a line per chunk instead of the bar
+                done = sum(p.shape[1] for p in parts["margin"]) * n_spaces
                 log.info("chunk %d/%d %s: %d of %d rows done", len(parts["margin"]), len(chunks),
-                         "reused from the cache" if was_reused else "computed", bar.n, bar.total)
+                         "reused from the cache" if was_reused else "computed", done, len(idx) * n_spaces)
     stats = dict(n_forward=int(n_fwd), n_backward=int(n_bwd), chunks_total=len(chunks), chunks_reused=reused,
                  margin_time_s=round(compute_s, 3),
                  samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None)

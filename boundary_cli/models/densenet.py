@@ -42,7 +42,13 @@ class Transition(nn.Module):
 
 class DenseNet(nn.Module):
     """kuangliu's DenseNet: 3x3 stem to 2g channels, four dense blocks with three transitions,
-    BN-ReLU-avg_pool2d(4)-linear head; x (B, C, 32, 32) -> logits (B, num_classes)."""
+    BN-ReLU-avg_pool2d(4)-linear head; x (B, C, 32, 32) -> logits (B, num_classes).
+
+    ``tap_layers``: the three transitions (B, 128, 16, 16), (B, 256, 8, 8), (B, 512, 4, 4) and the last
+    dense block (B, 1024, 4, 4), before the head's BN-ReLU.
+    """
+
+    tap_layers = ("trans1", "trans2", "trans3", "dense4")
 
     def __init__(self, in_channels: int, num_classes: int, nblocks: tuple[int, ...] = (6, 12, 24, 16),
                  growth_rate: int = 32, reduction: float = 0.5) -> None:

@@ -40,7 +40,12 @@ class BasicBlock(nn.Module):
 
 class CifarResNet18(nn.Module):
     """kuangliu's ResNet18 (3x3 stem, stages 64/128/256/512, strides 1/2/2/2) with global average pooling
-    instead of ``avg_pool2d(4)`` (the same for 32x32); x (B, C, H, W) -> logits (B, num_classes)."""
+    instead of ``avg_pool2d(4)`` (the same for 32x32); x (B, C, H, W) -> logits (B, num_classes).
+
+    ``tap_layers``: the four residual stages, (B, 64, H, W) to (B, 512, H/8, W/8), post-ReLU.
+    """
+
+    tap_layers = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -67,6 +72,21 @@ class CifarResNet18(nn.Module):
         return self.linear(out)
 
 
+class ImageNetResNet18(tv_resnet.ResNet):
+    """torchvision's ResNet18 with ``conv1`` a 7x7 stride-2 conv on ``in_channels`` (hold-me-tight's MNIST
+    ResNet18); x (B, C, H, W) -> logits (B, num_classes).
+
+    ``tap_layers``: the four residual stages, (B, 64, H/4, W/4) to (B, 512, H/32, W/32) (sizes rounded up),
+    post-ReLU.
+    """
+
+    tap_layers = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(tv_resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+
 def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], stem: str = "cifar") -> nn.Module:
     """Build ResNet18 for images (B, in_channels, H, W) with H, W >= 8, giving logits (B, num_classes).
 
@@ -80,6 +100,4 @@ def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], st
     check_size("resnet18", image_size, minimum=MIN_SIZE)
     if stem == "cifar":
         return CifarResNet18(in_channels, num_classes)
-    net = tv_resnet.ResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+    return ImageNetResNet18(in_channels, num_classes)

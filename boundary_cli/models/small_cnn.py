@@ -16,7 +16,13 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 class SmallCNN(nn.Module):
     """Two stages of two 3x3 conv-BN-ReLU (``width`` then ``2*width`` channels) split by a 2x2 max-pool,
-    global average pooling and a linear head; x (B, C, H, W) -> logits (B, num_classes)."""
+    global average pooling and a linear head; x (B, C, H, W) -> logits (B, num_classes).
+
+    ``tap_layers``: the first conv-BN-ReLU (B, w, H, W), the max-pool (B, w, H/2, W/2), the third
+    conv-BN-ReLU (B, 2w, H/2, W/2) and the global average (B, 2w, 1, 1), all post-activation.
+    """
+
+    tap_layers = ("features.2", "features.6", "features.9", "features.13")
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
         super().__init__()

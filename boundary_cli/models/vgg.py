@@ -14,7 +14,12 @@ CFG_19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
 
 class VGG(nn.Module):
     """``features`` (3x3 conv + ReLU per cfg entry, 2x2 max-pool per "M", then AvgPool2d(1)) and
-    ``classifier`` (512-512-num_classes with dropout); x (B, C, 32, 32) -> logits (B, num_classes)."""
+    ``classifier`` (512-512-num_classes with dropout); x (B, C, 32, 32) -> logits (B, num_classes).
+
+    ``tap_layers``: the five max-pools of ``features`` (VGG19 layout), (B, 64, 16, 16) to (B, 512, 1, 1).
+    """
+
+    tap_layers = ("features.4", "features.9", "features.18", "features.27", "features.36")
 
     def __init__(self, in_channels: int, num_classes: int, cfg: list[int | str] = CFG_19) -> None:
         super().__init__()

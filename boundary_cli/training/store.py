@@ -47,6 +47,10 @@ class CheckpointStore:
         model = identity["model"].get("name", "model")
         return self.root / str(dataset) / str(model) / self.key(identity)
 
+    def path(self, identity: dict[str, Any]) -> Path:
+        """Where the weights for ``identity`` are (or would be) stored."""
+        return self._stem(identity).with_suffix(".pt")
+
     def load(self, identity: dict[str, Any]) -> StoredModel | None:
         stem = self._stem(identity)
         pt, meta = stem.with_suffix(".pt"), stem.with_suffix(".json")

@@ -1,0 +1,86 @@
+"""experiment=multiple_hits: how often a walk toward one class first enters another (§2.6).
+
+For every chosen image and every class t other than the model's prediction, a flip-stop walk
+descends the loss of t and stops at the first class change. It is a hit when that first class is
+not t. Per image, hits counts them (at most K-1). The own class is the model's prediction, so a
+misclassified image scores no spurious hit; walks that hit the step cap count as no hit and are
+reported. Several checkpoints of one training run are compared on the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from boundary_cli.cache import model_hash
+from boundary_cli.experiments.checks import int_list
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.walking import (
+    chosen_images,
+    measure_walks,
+    merge_stats,
+    validate_common,
+    validate_selection,
+    validate_walk,
+    walk_params,
+    walk_table,
+)
+from boundary_cli.reporting.flip_plots import hits_figure
+
+log = logging.getLogger(__name__)
+
+
+def model_epochs(cfg: DictConfig) -> list[int | None]:
+    epochs = int_list(cfg.experiment.epochs, "experiment.epochs")
+    return list(dict.fromkeys(epochs)) or [None]
+
+
+def validate(cfg: DictConfig) -> None:
+    e = cfg.experiment
+    model_epochs(cfg)
+    validate_selection(e)
+    validate_walk(e.walk, modes=("flipstop", "targeted"))
+    validate_common(e)
+
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e, data = ctx.cfg.experiment, ctx.data
+    params = walk_params(e.walk, data.value_range)
+    images = chosen_images(ctx)
+    classes = torch.arange(data.num_classes)
+    tables, summaries, all_stats, means = [], [], [], {}
+    for epoch, (model, provenance) in ctx.snapshots.items():
+        epoch = provenance.get("epoch", epoch)
+        res, stats = measure_walks(ctx, model, images.x, classes, params, desc=f"hits epoch {epoch}",
+                                   model_id=model_hash(model))
+        all_stats.append(stats)
+        table = walk_table(res, dict(ctx.identity, epoch=epoch, split=images.name,
+                                     sample_index=images.index.numpy(), true_label=images.label.numpy()),
+                           params["mode"])
+        table["hit"] = (table["status"] == "flipped") & (table["end_class"] != table["target"])
+        tables.append(table)
+        walked = table[table["status"] != "own"]
+        per_image = walked.groupby("sample_index", sort=False).agg(
+            true_label=("true_label", "first"), prediction=("source_pred", "first"), hits=("hit", "sum"),
+            n_targets=("hit", "size"), n_capped=("status", lambda s: int((s == "capped").sum())),
+            n_classes_entered=("end_class", lambda s: int(s[s >= 0].nunique()))).reset_index()
+        per_image.insert(0, "epoch", epoch)
+        for k, v in ctx.identity.items():
+            per_image[k] = v
+        summaries.append(per_image)
+        means[str(epoch)] = round(float(per_image["hits"].mean()), 4)
+        log.info("epoch %s (test accuracy %.4f): mean hits %.2f of %d targets, %d walks capped", epoch,
+                 provenance["test_accuracy"], per_image["hits"].mean(), data.num_classes - 1,
+                 int(per_image["n_capped"].sum()))
+    hits = pd.concat(tables, ignore_index=True)
+    summary = pd.concat(summaries, ignore_index=True)
+    stats = merge_stats(all_stats)
+    stats.update(mean_hits=means, n_images=len(images.index),
+                 walk=dict(params, clip=list(params["clip"]) if params["clip"] else None))
+    title = (f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} "
+             f"seed {ctx.identity['seed']}, {len(images.index)} {images.name} images")
+    return ExperimentOutput(tables={"hits": hits, "hits_summary": summary},
+                            figures={"hits": hits_figure(summary, title)}, stats=stats)

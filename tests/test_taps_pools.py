@@ -1,0 +1,103 @@
+"""Layer taps (declared shapes, independence from hooks left behind) and the image pools."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from boundary_cli.data.pools import gaussian_images, split_indices, uniform_images
+from boundary_cli.geometry.taps import activations, available_layers, default_layers, layer_distances
+from boundary_cli.models.flip_cnn import flip_cnn
+from boundary_cli.models.lenet import lenet
+from boundary_cli.models.normalize import Classifier, Normalize
+from boundary_cli.models.resnet import resnet18
+from boundary_cli.models.small_cnn import small_cnn
+
+
+def classifier(net: nn.Module, channels: int) -> Classifier:
+    return Classifier(Normalize(torch.full((channels,), 0.5), torch.full((channels,), 0.25)), net).eval()
+
+
+@pytest.mark.parametrize("channels, size, shapes", [
+    (1, 28, {"input": 784, "pool0": 32 * 14 * 14, "pool1": 64 * 7 * 7, "dense1": 1024, "dense2": 128}),
+    (3, 32, {"input": 3072, "pool0": 32 * 16 * 16, "pool1": 64 * 8 * 8, "dense1": 1024, "dense2": 128}),
+])
+def test_flip_cnn_taps_have_the_declared_shapes(channels, size, shapes):
+    model = classifier(flip_cnn(channels, 10, (size, size)), channels)
+    assert default_layers(model) == list(shapes)
+    x = torch.rand(3, channels, size, size)
+    acts = activations(model, x, default_layers(model), batch_size=2)
+    assert {k: v.shape for k, v in acts.items()} == {k: (3, d) for k, d in shapes.items()}
+    assert torch.equal(acts["input"], x.flatten(1))  # layer 0 is the image in pixel units
+    assert bool((acts["dense2"] >= 0).all())  # taps are post-ReLU
+
+
+@pytest.mark.parametrize("build, channels, size", [
+    (lambda: small_cnn(1, 10, (8, 8)), 1, 8), (lambda: lenet(1, 10, (28, 28)), 1, 28),
+    (lambda: resnet18(3, 10, (32, 32)), 3, 32)])
+def test_every_default_layer_of_the_zoo_taps(build, channels, size):
+    model = classifier(build(), channels)
+    layers = default_layers(model)
+    assert len(layers) >= 4 and layers[0] == "input"
+    acts = activations(model, torch.rand(2, channels, size, size), layers)
+    assert all(a.shape[0] == 2 and a.ndim == 2 for a in acts.values())
+
+
+def test_hooks_are_removed_and_logits_unchanged():
+    model = classifier(flip_cnn(1, 10, (8, 8)), 1)
+    x = torch.rand(4, 1, 8, 8)
+    before = model(x)
+    activations(model, x, ["pool0", "dense1"])
+    assert all(not m._forward_hooks for m in model.modules())
+    assert torch.equal(before, model(x))
+
+
+def test_unknown_layer_lists_the_valid_names():
+    model = classifier(flip_cnn(1, 10, (8, 8)), 1)
+    with pytest.raises(ValueError, match="unknown layer.*conv9.*valid: input, conv0"):
+        activations(model, torch.rand(1, 1, 8, 8), ["conv9"])
+    assert "dense2" in available_layers(model)
+
+
+def test_layer_distances_match_a_direct_computation():
+    model = classifier(flip_cnn(1, 10, (8, 8)), 1)
+    a, b = torch.rand(5, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    d = layer_distances(model, a, b, ["input", "dense1"], batch_size=2)
+    assert d.shape == (2, 5)
+    assert torch.allclose(d[0], (a - b).flatten(1).pow(2).sum(1))
+    net = model.net
+    pool1 = lambda v: net.pool1(net.conv1(net.pool0(net.conv0(model.normalize(v)))))  # noqa: E731
+    d = layer_distances(model, a, b, ["pool1"])
+    assert torch.allclose(d[0], (pool1(a) - pool1(b)).flatten(1).pow(2).sum(1), rtol=1e-5)
+    assert torch.equal(layer_distances(model, a, a, ["pool1", "dense2"]), torch.zeros(2, 5))
+
+
+def test_split_indices_first_n_and_seeded():
+    assert split_indices(10, 3).tolist() == [0, 1, 2]
+    assert split_indices(10, 3, start=5).tolist() == [5, 6, 7]
+    draw = split_indices(100, 10, seed=4)
+    assert torch.equal(draw, split_indices(100, 10, seed=4)) and len(set(draw.tolist())) == 10
+    assert torch.equal(draw, draw.sort().values)
+    with pytest.raises(ValueError, match="split has 10"):
+        split_indices(10, 3, start=8)
+    with pytest.raises(ValueError, match="split has 5"):
+        split_indices(5, 6, seed=0)
+
+
+def test_uniform_images_fill_the_box():
+    x = uniform_images(2000, (1, 4, 4), (-0.5, 1.5), seed=0)
+    assert x.shape == (2000, 1, 4, 4) and float(x.min()) >= -0.5 and float(x.max()) <= 1.5
+    assert abs(float(x.mean()) - 0.5) < 0.02
+    assert torch.equal(x, uniform_images(2000, (1, 4, 4), (-0.5, 1.5), seed=0))
+
+
+def test_gaussian_images_have_the_per_pixel_statistics():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.rand(5000, 1, 3, 3, generator=gen) * torch.linspace(0.1, 1, 9).view(1, 1, 3, 3)
+    x = gaussian_images(20000, ref, seed=1)
+    assert torch.allclose(x.mean(0), ref.mean(0), atol=0.01)
+    assert torch.allclose(x.std(0), ref.std(0), rtol=0.03)
+    assert float(x.min()) < 0 or float(x.max()) > 1  # unclipped, as the reference
+    clipped = gaussian_images(20000, ref, seed=1, clip=(0.0, 1.0))
+    assert float(clipped.min()) >= 0 and float(clipped.max()) <= 1

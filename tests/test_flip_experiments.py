@@ -142,6 +142,11 @@ def test_sweep_over_step_length(tmp_path, digits_cache):
     assert len(runs) == 2
     a, b = (pd.read_csv(r) for r in runs)
     assert a["overrides"].iloc[0] != b["overrides"].iloc[0]
+    boundary("report", str(tmp_path / "sw"), cwd=tmp_path, env=env)
+    merged = pd.read_csv(tmp_path / "sw" / "report" / "decision_flip" / "flips.csv")
+    assert len(merged) == len(a) + len(b)
+    assert set(merged["label"]) == {"experiment.walk.eta=0.05", "experiment.walk.eta=0.1"}
+    assert (tmp_path / "sw" / "report" / "decision_flip" / "summary.csv").is_file()
 
 
 def run_fails(tmp_path: Path, env: dict, *args: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,10 +37,61 @@ def _short_labels(labels: dict[str, str]) -> dict[str, str]:
     return short
 
 
+# tables each non-margin experiment contributes to a report (margin runs are handled on their own)
+EXPERIMENT_TABLES = {
+    "decision_flip": ("flips", "layers", "summary"),
+    "multiple_hits": ("hits", "hits_summary"),
+    "own_to_flip": ("own_to_flip", "summary"),
+    "train_again": ("train_again",),
+}
+
+
+def _read(csv: Path) -> pd.DataFrame:
+    return pd.read_csv(csv, keep_default_na=False, na_values=[""])
+
+
+def _experiment_tables(root: Path, out: Path) -> list[Path]:
+    """Merge the tables of the non-margin runs under ``root`` into ``out/<experiment>/<table>.csv``."""
+    found: dict[str, dict[str, list[pd.DataFrame]]] = {}
+    for info_path in sorted(root.rglob("run.json"), key=lambda p: str(p)):
+        if out in info_path.parents:
+            continue
+        try:
+            experiment = json.loads(info_path.read_text()).get("experiment")
+        except (OSError, ValueError):
+            continue
+        names = EXPERIMENT_TABLES.get(experiment, ())
+        run = str(info_path.parent.relative_to(root)) or "."
+        for name in names:
+            csv = info_path.parent / f"{name}.csv"
+            if csv.exists():
+                table = _read(csv)
+                found.setdefault(experiment, {}).setdefault(name, []).append(
+                    table.assign(run=run, label=_label(run, table)))
+    written = []
+    for experiment, tables in found.items():
+        labels: dict[str, str] = {}  # per run, from its first table (the one with the identity columns)
+        for parts in tables.values():
+            for t in parts:
+                if len(t):
+                    labels.setdefault(t["run"].iloc[0], t["label"].iloc[0])
+        short = _short_labels(labels) if labels else {}
+        for name, parts in tables.items():
+            merged = pd.concat(parts, ignore_index=True)
+            merged["label"] = merged["run"].map(short)
+            path = out / experiment / f"{name}.csv"
+            write_csv(path, merged)
+            written.append(path)
+    return written
+
+
 def build_report(sweep_dir: str | Path) -> Path:
-    """Concatenate ``*/margins.csv`` and ``*/summary.csv`` found under ``sweep_dir`` (any depth) into
-    ``<sweep_dir>/report/margins.csv`` and ``summary.csv``, each row tagged with its ``run`` folder and
-    a ``label``, and draw ``report/margins.png``: the median margin along frequency, one line per run.
+    """Merge the results of every run found under ``sweep_dir`` (any depth) into ``<sweep_dir>/report/``.
+
+    Margin runs: ``margins.csv`` and ``summary.csv`` concatenated into ``report/margins.csv`` and
+    ``report/summary.csv``, each row tagged with its ``run`` folder and a ``label``, and
+    ``report/margins.png``: the median margin along frequency, one line per run. Runs of the flip
+    experiments: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged the same way.
 
     Returns the report folder. Raises BoundaryError when no run results are found.
     """
@@ -47,6 +99,7 @@ def build_report(sweep_dir: str | Path) -> Path:
     if not root.is_dir():
         raise BoundaryError(f"{root} is not a directory; give the folder of a run or of a sweep (multirun/...)")
     out = root / REPORT_DIR
+    others = _experiment_tables(root, out)
     margins, summaries = [], []
     for csv in sorted(root.rglob("margins.csv"), key=lambda p: str(p)):
         if out in csv.parents:
@@ -57,12 +110,15 @@ def build_report(sweep_dir: str | Path) -> Path:
             log.warning("skipping %s: no summary.csv next to it (unfinished run?)", run_dir)
             continue
         run = str(run_dir.relative_to(root)) or "."
-        m, s = pd.read_csv(csv, keep_default_na=False, na_values=[""]), pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
+        m, s = _read(csv), _read(summary_csv)
         label = _label(run, s)
         margins.append(m.assign(run=run, label=label))
         summaries.append(s.assign(run=run, label=label))
     if not margins:
-        raise BoundaryError(f"no run results (margins.csv with summary.csv) found under {root}")
+        if others:
+            return out
+        raise BoundaryError(f"no run results (margins.csv with summary.csv, or a flip experiment's tables) "
+                            f"found under {root}")
     summary = pd.concat(summaries, ignore_index=True)
     short = _short_labels(summary.drop_duplicates("run").set_index("run")["label"].to_dict())
     summary["label"] = summary["run"].map(short)

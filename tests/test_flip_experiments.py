@@ -176,3 +176,32 @@ def test_bad_inputs_give_one_clear_error(tmp_path, digits_cache, args, expect):
     err = run_fails(tmp_path, cli_env(digits_cache), *args)
     for word in expect:
         assert word in err, (word, err)
+
+
+def test_real_fashion_mnist_when_installed(tmp_path):
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    env = cli_env(tmp_path / "cache", tmp_path / "no_data_here")
+    base = ["dataset=fashion_mnist", "training.recipe.epochs=2", "training.save_epochs=[1,2]"]
+    boundary("run", *base, "experiment=decision_flip", "experiment.n_samples=5", "experiment.pools=[train,test]",
+             f"hydra.run.dir={tmp_path / 'df'}", cwd=tmp_path, env=env)
+    info = json.loads((tmp_path / "df" / "run.json").read_text())
+    assert info["test_accuracy"] > 0.8 and info["share_flipped"] > 0.9
+    boundary("run", *base, "experiment=multiple_hits", "experiment.n_samples=5", f"hydra.run.dir={tmp_path / 'mh'}",
+             cwd=tmp_path, env=env)
+    info = json.loads((tmp_path / "mh" / "run.json").read_text())
+    assert [m["source"] for m in info["models"]] == ["store", "store"]  # both snapshots from the first run
+
+
+def test_cifar_form_of_the_flip_cnn_through_the_cli(tmp_path):
+    from fake_data import write_cifar10_tree
+
+    write_cifar10_tree(tmp_path / "data", n_train_per_batch=20, n_test=20)
+    env = cli_env(tmp_path / "cache", tmp_path / "data")
+    boundary("run", "dataset=cifar10", "dataset.check_integrity=false", "experiment=decision_flip",
+             "training.recipe.epochs=2", "training.save_epochs=[]", "experiment.n_samples=3",
+             "experiment.walk.max_steps=50", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    layers = pd.read_csv(tmp_path / "run" / "layers.csv")
+    assert list(dict.fromkeys(layers["layer"])) == ["input", "pool0", "pool1", "dense1", "dense2"]
+    flips = pd.read_csv(tmp_path / "run" / "flips.csv")
+    assert len(flips) == 4 * 3 * 10 and set(flips["dataset"]) == {"cifar10"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -158,4 +157,4 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     out["n_flipped"] = out["n_flipped"].fillna(0).astype(int)
     out["share_flipped"] = out["n_flipped"] / out["n"]
     return out[["pool", "source_pred", "target", "n", "n_flipped", "n_capped", "share_flipped", "median_l2",
-                "mean_l2", "median_l2_sq", "mean_l2_sq", "mean_steps"]].replace({np.nan: None})
+                "mean_l2", "median_l2_sq", "mean_l2_sq", "mean_steps"]]

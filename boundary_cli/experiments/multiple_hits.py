@@ -53,7 +53,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     classes = torch.arange(data.num_classes)
     tables, summaries, all_stats, means = [], [], [], {}
     for epoch, (model, provenance) in ctx.snapshots.items():
-        epoch = provenance.get("epoch", epoch)
+        epoch = provenance.get("epoch", "checkpoint")  # a model.checkpoint file has no epoch
         res, stats = measure_walks(ctx, model, images.x, classes, params, desc=f"hits epoch {epoch}",
                                    model_id=model_hash(model))
         all_stats.append(stats)

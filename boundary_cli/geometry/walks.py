@@ -114,69 +114,80 @@ def _walk_rows(
     x_end = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_points else None
     l2 = torch.zeros(n_rows, dtype=x.dtype, device=dev)
 
-    # State of the rows in flight (``src`` is -1 until a row's first forward).
+    # State of the rows in flight, kept row-local and written back only when a row finishes (fewer
+    # small ops per step: the long tail of a walk runs at batch size ~1, where they would dominate).
     idx = torch.empty(0, dtype=torch.long, device=dev)
     xa = x[:0]
-    src = tgt = st = idx
+    src = tgt = st = fe = fes = idx
+    vis = torch.zeros((0, n_classes), dtype=torch.bool, device=dev)
     next_row, n_fwd, n_bwd = 0, 0, 0
     sign = 1.0 if mode == "untargeted" else -1.0
+    view = (-1, *([1] * (x.ndim - 1)))
+
+    def longs_of(n: int, fill: int) -> Tensor:
+        return torch.full((n,), fill, dtype=torch.long, device=dev)
 
     with input_gradients_only(model):
         while next_row < n_rows or idx.numel() > 0:
             take = min(batch_rows - idx.numel(), n_rows - next_row)
+            n_old = idx.numel()
             if take > 0:
                 new = torch.arange(next_row, next_row + take, device=dev)
                 idx = torch.cat([idx, new])
                 xa = torch.cat([xa, x[row_image[new]]])
-                src = torch.cat([src, torch.full((take,), -1, dtype=torch.long, device=dev)])
-                tgt = torch.cat([tgt, row_target[new] if row_target is not None else new * 0])
-                st = torch.cat([st, torch.zeros(take, dtype=torch.long, device=dev)])
+                src = torch.cat([src, longs_of(take, -1)])
+                tgt = torch.cat([tgt, row_target[new] if row_target is not None else longs_of(take, 0)])
+                st, fe, fes = (torch.cat([st, longs_of(take, 0)]), torch.cat([fe, longs_of(take, -1)]),
+                               torch.cat([fes, longs_of(take, -1)]))
+                vis = torch.cat([vis, torch.zeros((take, n_classes), dtype=torch.bool, device=dev)])
                 next_row += take
 
             xi = xa.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = model(xi)
                 pred = logits.detach().argmax(dim=1)
-                src = torch.where(src < 0, pred, src)
-                if mode == "untargeted":
-                    tgt = src
-                loss = F.cross_entropy(logits, tgt, reduction="sum")
-                (g,) = torch.autograd.grad(loss, xi)
+                if take > 0:  # a new row's source class: the prediction at its starting image
+                    src[n_old:] = pred[n_old:]
+                    if mode == "untargeted":
+                        tgt[n_old:] = pred[n_old:]
+                (g,) = torch.autograd.grad(F.cross_entropy(logits, tgt, reduction="sum"), xi)
             n_fwd += idx.numel()
             n_bwd += idx.numel()
 
-            visited[idx, pred] = True
-            left = (pred != src) & (first_exit[idx] < 0)
-            first_exit[idx] = torch.where(left, pred, first_exit[idx])
-            first_exit_step[idx] = torch.where(left, st, first_exit_step[idx])
-            own = (st == 0) & (tgt == src) & (mode != "untargeted")
-            arrived = (pred == tgt) if mode == "targeted" else (pred != src)
+            vis.scatter_(1, pred.unsqueeze(1), True)
+            left = (pred != src) & (fe < 0)
+            fe = torch.where(left, pred, fe)
+            fes = torch.where(left, st, fes)
             gnorm = g.flatten(1).norm(dim=1)
-            code = torch.full_like(st, -1)
-            code = torch.where((code < 0) & own, OWN, code)
-            code = torch.where((code < 0) & arrived, FLIPPED, code)
-            code = torch.where((code < 0) & (st >= max_steps), CAPPED, code)
-            code = torch.where((code < 0) & (gnorm == 0), ZERO_GRAD, code)
-            done = code >= 0
+            done = ((pred == tgt) if mode == "targeted" else (pred != src)) | (st >= max_steps) | (gnorm == 0)
+            if take > 0 and mode != "untargeted":
+                done[n_old:] |= tgt[n_old:] == src[n_old:]  # the own slot is not walked
 
             fin = done.nonzero().squeeze(1)  # the one host sync of the step
             if fin.numel():
                 r = idx[fin]
-                steps[r], status[r], source[r], target[r], end_class[r] = st[fin], code[fin], src[fin], tgt[fin], pred[fin]
+                p, t, s_, k = pred[fin], tgt[fin], src[fin], st[fin]
+                code = torch.full_like(k, ZERO_GRAD)
+                code = torch.where(k >= max_steps, CAPPED, code)
+                code = torch.where((t == p) if mode == "targeted" else (p != s_), FLIPPED, code)
+                if mode != "untargeted":
+                    code = torch.where((k == 0) & (t == s_), OWN, code)
+                steps[r], status[r], source[r], target[r], end_class[r] = k, code, s_, t, p
+                first_exit[r], first_exit_step[r], visited[r] = fe[fin], fes[fin], vis[fin]
                 l2[r] = (xa[fin] - x[row_image[r]]).flatten(1).norm(dim=1)
                 if x_end is not None:
                     x_end[r] = xa[fin]
                 if progress is not None:
                     progress(int(fin.numel()))
                 keep = (~done).nonzero().squeeze(1)
-                idx, xa, src, tgt, st = idx[keep], xa[keep], src[keep], tgt[keep], st[keep]
+                idx, xa, src, tgt, st, fe, fes, vis = (idx[keep], xa[keep], src[keep], tgt[keep], st[keep], fe[keep],
+                                                       fes[keep], vis[keep])
                 g, gnorm = g[keep], gnorm[keep]
             if idx.numel() == 0:
                 continue
-            step = (sign * eta / gnorm).view(-1, *([1] * (x.ndim - 1))) * g
-            xa = xa.detach() + step
+            xa = xa.detach().addcmul_(g, (sign * eta / gnorm).view(view))
             if clip is not None:
-                xa = xa.clamp(*clip)
+                xa.clamp_(*clip)
             st = st + 1
 
     return WalkResult(x_end, l2, l2 * l2, steps, status, source, target, end_class, first_exit, first_exit_step,

@@ -14,3 +14,5 @@ run own_to_flip experiment=own_to_flip
 run own_to_flip_layer experiment=own_to_flip experiment.centroid.space=layer
 run train_again_independent experiment=train_again experiment.start=100 experiment.n_samples=50
 run train_again_sequential experiment=train_again experiment.mode=sequential experiment.n_samples=30 experiment.epoch=5
+# the same 50 points with a 5x finer step: boundary moves smaller than eta = 0.05 become visible
+run train_again_independent_eta001 experiment=train_again experiment.start=100 experiment.n_samples=50 experiment.walk.eta=0.01 experiment.walk.max_steps=10000

@@ -15,7 +15,8 @@ from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.runner import build_model, weights_identity
 
 SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
-FITS = {"small_cnn": {8, 28, 32}, "flip_cnn": {8, 28, 32}, "lenet": {28}, "resnet18": {8, 28, 32}, "vgg19": {32}, "densenet121": {32}}
+FITS = {"small_cnn": {8, 28, 32}, "flip_cnn": {8, 28, 32}, "lenet": {28}, "resnet18": {8, 28, 32},
+        "resnet20": {8, 28, 32}, "vgg19": {32}, "densenet121": {32}}
 
 
 def options(group: str) -> list[str]:
@@ -36,7 +37,8 @@ def fake_data(channels: int, size: int) -> ImageData:
 
 def test_groups_hold_the_promised_options():
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist"]
-    assert options("model") == ["densenet121", "flip_cnn", "lenet", "resnet18", "small_cnn", "vgg19"]
+    assert options("model") == ["densenet121", "flip_cnn", "lenet", "resnet18", "resnet20", "small_cnn",
+                                "vgg19"]
     assert options("training") == ["flip_adam", "quick", "reference"]
     assert options("experiment") == sorted(EXPERIMENTS)
     assert options("hydra/launcher") == ["local", "slurm"]

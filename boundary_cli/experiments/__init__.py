@@ -7,7 +7,7 @@ its config section before any data is read) and ``run(ctx) -> ExperimentOutput``
 
 from types import ModuleType
 
-from boundary_cli.experiments import decision_flip, margin, multiple_hits, own_to_flip, train_again
+from boundary_cli.experiments import decision_flip, lcr, margin, multiple_hits, own_to_flip, train_again
 
 EXPERIMENTS: dict[str, ModuleType] = {
     "margin": margin,
@@ -15,4 +15,5 @@ EXPERIMENTS: dict[str, ModuleType] = {
     "multiple_hits": multiple_hits,
     "own_to_flip": own_to_flip,
     "train_again": train_again,
+    "lcr": lcr,
 }

@@ -68,7 +68,7 @@ class CifarResNet18(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pooling (vmap-friendly, unlike adaptive_avg_pool2d)
         return self.linear(out)
 
 

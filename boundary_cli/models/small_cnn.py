@@ -14,6 +14,14 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dims, (B, C, H, W) -> (B, C, 1, 1); unlike nn.AdaptiveAvgPool2d it has a
+    batching rule under torch.func.vmap (stacked mutants)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SmallCNN(nn.Module):
     """Two stages of two 3x3 conv-BN-ReLU (``width`` then ``2*width`` channels) split by a 2x2 max-pool,
     global average pooling and a linear head; x (B, C, H, W) -> logits (B, num_classes).
@@ -32,7 +40,7 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
             *_conv_bn_relu(width, 2 * width),
             *_conv_bn_relu(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAvgPool(),
         )
         self.linear = nn.Linear(2 * width, num_classes)
 

@@ -1,0 +1,1 @@
+"""Detectors of likely-wrong predictions: pure torch/sklearn, no Hydra."""

@@ -1,0 +1,281 @@
+"""experiment=lcr: flag the predictions that are likely wrong (the lcr-conductance reference, §3).
+
+Two per-input signals: the label change rate (LCR), the share of accepted weight mutants whose
+prediction differs from the model's, and the layer conductance of the predicted-class logit per
+channel of chosen layers. Detectors (LCR itself, an MLP on conductance, a small MLP and optional
+sklearn models on [LCR, p_cond]) are trained on the model's own training-set predictions, their
+thresholds chosen on a validation part of the test split (Youden), and reported on the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from boundary_cli.cache import stable_hash, tensor_hash
+from boundary_cli.detectors.conductance import layer_conductance
+from boundary_cli.detectors.detection import (
+    apply_feature_scaling,
+    evaluate_detector,
+    fit_feature_scaling,
+    train_mlp,
+    train_sklearn,
+    youden_threshold,
+)
+from boundary_cli.detectors.mutants import (
+    OPERATORS,
+    accept_mutants,
+    draw_mutant,
+    label_change_rate,
+    lcr_by_count,
+    predict_mutants,
+)
+from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments.checks import int_list, one_of, positive_int, positive_number
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.geometry.taps import available_layers, default_layers
+from boundary_cli.reporting.lcr_plots import auroc_by_count_figure, roc_figure
+from boundary_cli.training.evaluation import predict
+
+log = logging.getLogger(__name__)
+
+CHUNK_FORMAT = 1
+EXTRA = ("random_forest", "lda")
+BASELINES = ("mean", "zero")
+
+
+def validate(cfg: DictConfig) -> None:
+    e = cfg.experiment
+    if e.n_train != "all":
+        positive_int(e.n_train, "experiment.n_train (or 'all')")
+    positive_int(e.n_accept, "experiment.n_accept")
+    if not isinstance(e.val_fraction, (int, float)) or not 0 < e.val_fraction < 1:
+        raise BoundaryError(f"experiment.val_fraction must lie in (0, 1), got {e.val_fraction!r}")
+    positive_int(e.min_wrong, "experiment.min_wrong")
+    m = e.mutants
+    one_of(m.operator, OPERATORS, "experiment.mutants.operator")
+    if isinstance(m.gamma, bool) or not isinstance(m.gamma, (int, float)) or not 0 < m.gamma <= 1:
+        raise BoundaryError(f"experiment.mutants.gamma must lie in (0, 1], got {m.gamma!r}")
+    positive_int(m.n_mutants, "experiment.mutants.n_mutants")
+    positive_int(m.max_attempts, "experiment.mutants.max_attempts")
+    if isinstance(m.accept_ratio, bool) or not isinstance(m.accept_ratio, (int, float)) or m.accept_ratio < 0:
+        raise BoundaryError(f"experiment.mutants.accept_ratio must be a number >= 0, got {m.accept_ratio!r}")
+    counts = int_list(e.auroc_counts, "experiment.auroc_counts")
+    if any(c < 1 for c in counts):
+        raise BoundaryError("experiment.auroc_counts must be positive mutant counts")
+    c = e.conductance
+    one_of(c.baseline, BASELINES, "experiment.conductance.baseline")
+    positive_int(c.n_steps, "experiment.conductance.n_steps")
+    for name in ("cond_mlp", "combined_mlp"):
+        d = e.detectors[name]
+        positive_int(d.epochs, f"experiment.detectors.{name}.epochs")
+        positive_int(d.batch_size, f"experiment.detectors.{name}.batch_size")
+        positive_number(d.lr, f"experiment.detectors.{name}.lr")
+    for kind in e.detectors.extra or []:
+        one_of(kind, EXTRA, "experiment.detectors.extra entry")
+    positive_int(e.chunk_size, "experiment.chunk_size")
+
+
+def _layers(model, value: Any) -> list[str]:
+    taps = default_layers(model)[1:]  # without "input"
+    if value == "last":
+        if not taps:
+            raise BoundaryError("this model declares no tap layers; give experiment.conductance.layers as a list")
+        return [taps[-1]]
+    if value == "default":
+        return taps
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, ListConfig)) else None
+    valid = available_layers(model)[1:]
+    bad = [n for n in names or [] if n not in valid]
+    if not names or bad:
+        raise BoundaryError(f"unknown layer(s) {', '.join(map(str, bad or [value]))} in experiment.conductance.layers; "
+                            f"use last, default or names from: {', '.join(valid)}")
+    return [str(n) for n in names]
+
+
+def _splits(ctx: RunContext) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """{split: (indices into its source split, images, labels)}: train (detector training), accept
+    (mutant acceptance: the last n_accept training images), val and test (a seeded split of the test set)."""
+    e, data = ctx.cfg.experiment, ctx.data
+    n = len(data.train_y)
+    n_accept = int(e.n_accept)
+    n_train = n - n_accept if e.n_train == "all" else int(e.n_train)
+    if n_train + n_accept > n:
+        raise BoundaryError(f"experiment.n_train={e.n_train} + n_accept={n_accept} exceed the {n} training images of "
+                            f"{data.name}; lower them (the acceptance images must not be detector training images)")
+    order = torch.randperm(len(data.test_y), generator=torch.Generator().manual_seed(int(e.split_seed)))
+    n_val = int(round(float(e.val_fraction) * len(order)))
+    parts = {"train": torch.arange(n_train), "accept": torch.arange(n - n_accept, n),
+             "val": order[:n_val].sort().values, "test": order[n_val:].sort().values}
+    out = {}
+    for name, idx in parts.items():
+        x, y = (data.train_x, data.train_y) if name in ("train", "accept") else (data.test_x, data.test_y)
+        out[name] = (idx, x[idx], y[idx])
+    return out
+
+
+def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame, float, int]:
+    """The accepted mutants (cached by seed: a mutant is regenerated from it) and the acceptance log."""
+    m, model = ctx.cfg.experiment.mutants, ctx.model
+    params = dict(operator=str(m.operator), gamma=float(m.gamma), n_mutants=int(m.n_mutants),
+                  max_attempts=int(m.max_attempts), accept_ratio=float(m.accept_ratio), seed=int(m.seed))
+    key = stable_hash(dict(kind="lcr_accept", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x, y),
+                           device=ctx.device.type, torch=torch.__version__, **params))
+    got = ctx.chunks.get(key)
+    if got is None:
+        with tqdm(total=params["max_attempts"], desc="mutant candidates", unit="mutant",
+                  disable=None if ctx.progress is None else not ctx.progress) as bar:
+            acc = accept_mutants(model, x.to(ctx.device), y.to(ctx.device), budget_bytes=ctx.memory_budget,
+                                 progress=bar.update, **params)
+        got = {"seed": torch.tensor([r["seed"] for r in acc.log], dtype=torch.long),
+               "n_channels": torch.tensor([r["n_channels"] for r in acc.log], dtype=torch.long),
+               "accuracy": torch.tensor([r["accuracy"] for r in acc.log], dtype=torch.float64),
+               "accepted": torch.tensor([bool(r["accepted"]) for r in acc.log], dtype=torch.bool),
+               "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64)}
+        ctx.chunks.put(key, got)
+    logdf = pd.DataFrame({"operator": params["operator"], "gamma": params["gamma"], "seed": got["seed"].numpy(),
+                          "channels_mutated": got["n_channels"].numpy(), "accuracy": got["accuracy"].numpy(),
+                          "accepted": got["accepted"].numpy()})
+    seeds = logdf.loc[logdf["accepted"], "seed"].tolist()[: params["n_mutants"]]
+    mutants = [draw_mutant(model, params["operator"], params["gamma"], int(s)) for s in seeds]
+    return mutants, logdf, float(got["original_accuracy"]), len(logdf)
+
+
+def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any], compute) -> Tensor:
+    """``compute(x_chunk) -> Tensor`` over chunks of x, each cached under a content hash; the
+    results concatenated along the input axis (the last axis for mutant predictions)."""
+    parts = []
+    for idx in torch.split(torch.arange(x.shape[0]), int(ctx.cfg.experiment.chunk_size)):
+        xc = x[idx].to(ctx.device)
+        key = stable_hash(dict(kind=kind, format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(xc),
+                               device=ctx.device.type, torch=torch.__version__, **extra))
+        got = ctx.chunks.get(key)
+        if got is None:
+            got = {"value": compute(xc).cpu()}
+            ctx.chunks.put(key, got)
+        parts.append(got["value"])
+    return torch.cat(parts, dim=-1 if kind == "lcr_preds" else 0)
+
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
+    layers = _layers(model, e.conductance.layers)
+    splits = _splits(ctx)
+    stats: dict[str, Any] = {}
+
+    start = time.perf_counter()
+    _, xa, ya = splits["accept"]
+    mutants, mutant_log, acc_orig, attempts = _accepted(ctx, xa, ya)
+    stats.update(mutant_attempts=attempts, mutants_accepted=len(mutants), accept_accuracy=round(acc_orig, 6),
+                 accept_time_s=round(time.perf_counter() - start, 3))
+    log.info("lcr: %d of %d candidate mutants accepted (%s, gamma %s; accuracy on %d held-out images %.4f)",
+             len(mutants), attempts, e.mutants.operator, e.mutants.gamma, len(ya), acc_orig)
+    if len(mutants) < int(e.mutants.n_mutants):
+        raise BoundaryError(f"only {len(mutants)} of experiment.mutants.n_mutants={e.mutants.n_mutants} mutants passed "
+                            f"acceptance in {attempts} attempts (accuracy > {e.mutants.accept_ratio} x {acc_orig:.4f}); "
+                            f"lower experiment.mutants.gamma or accept_ratio, or raise max_attempts")
+
+    seeds = [mu.seed for mu in mutants]
+    if e.conductance.baseline == "mean":
+        baseline = data.train_x.mean(dim=0).to(ctx.device)
+    else:
+        baseline = torch.zeros_like(data.train_x[0]).to(ctx.device)
+    cond_params = dict(layers=layers, baseline=str(e.conductance.baseline), n_steps=int(e.conductance.n_steps))
+
+    rows, preds_by_split, feats = [], {}, {}
+    start = time.perf_counter()
+    for name in ("train", "val", "test"):
+        idx, x, y = splits[name]
+        pred = predict(model, x, device=ctx.device).argmax(1)
+        mp = _chunked(ctx, "lcr_preds", x, dict(operator=str(e.mutants.operator), gamma=float(e.mutants.gamma),
+                                                 seeds=seeds),
+                      lambda xc: predict_mutants(model, mutants, xc, budget_bytes=ctx.memory_budget).to(torch.int16))
+        cond = _chunked(ctx, "lcr_cond", x, cond_params, lambda xc: torch.cat(
+            list(layer_conductance(model, xc, layers, baseline=baseline, n_steps=cond_params["n_steps"]).values()),
+            dim=1))
+        preds_by_split[name] = (mp.long(), pred)
+        feats[name] = cond.numpy()
+        n_wrong = int((pred != y).sum())
+        log.info("lcr: %s split: %d images, %d wrong predictions", name, len(y), n_wrong)
+        if n_wrong < int(e.min_wrong) or len(y) - n_wrong < int(e.min_wrong):
+            raise BoundaryError(f"the {name} split has {n_wrong} wrong and {len(y) - n_wrong} right predictions; the "
+                                f"detectors need at least experiment.min_wrong={e.min_wrong} of each (use more images, "
+                                f"e.g. experiment.n_train=all, or a model that makes more errors)")
+        rows.append(pd.DataFrame({
+            **ctx.identity, "split": name, "index": idx.numpy(), "true_label": y.numpy(), "prediction": pred.numpy(),
+            "correct": (pred == y).numpy(), "lcr": label_change_rate(mp.long(), pred).numpy(),
+            "n_mutants": len(mutants)}))
+    stats["signals_time_s"] = round(time.perf_counter() - start, 3)
+    table = pd.concat(rows, ignore_index=True)
+
+    detectors, scores = _detectors(ctx, table, feats)
+    for col, values in scores.items():
+        table[col] = values
+    roc_scores = {m: table[col].to_numpy() for m, col in (("lcr", "lcr"), ("cond", "p_cond"), ("both", "p_both"))}
+    counts = [k for k in int_list(e.auroc_counts, "experiment.auroc_counts") if k <= len(mutants)]
+    by_count = []
+    for name in ("val", "test"):
+        mp, pred = preds_by_split[name]
+        wrong = table.loc[table["split"] == name, "correct"].to_numpy() == 0
+        for k, lcr_k in lcr_by_count(mp, pred, counts).items():
+            by_count.append(dict(split=name, n_mutants=k, auroc=float(roc_auc_score(wrong, lcr_k.numpy()))))
+    by_count = pd.DataFrame(by_count)
+    metrics = pd.DataFrame([d.as_row() for d in detectors])
+    for _, r in metrics[metrics["split"] == "test"].iterrows():
+        log.info("%-14s test AUROC %.3f, balanced accuracy %.3f (threshold %.4g from val)", r["method"], r["auroc"],
+                 r["balanced_accuracy"], r["threshold"])
+    stats.update(layers=layers, n_features=int(feats["train"].shape[1]),
+                 auroc_test={r["method"]: round(float(r["auroc"]), 4) for _, r in metrics[metrics["split"] == "test"].iterrows()},
+                 wrong_predictions={s: int((~table.loc[table["split"] == s, "correct"]).sum()) for s in ("train", "val", "test")})
+    title = (f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}, "
+             f"{e.mutants.operator} γ={e.mutants.gamma}, {len(mutants)} mutants")
+    val = table["split"] == "val"
+    return ExperimentOutput(
+        tables={"lcr": table, "mutants": mutant_log, "detectors": metrics, "auroc_mutants": by_count},
+        figures={"roc": roc_figure({m: s[val.to_numpy()] for m, s in roc_scores.items()},
+                                   (~table.loc[val, "correct"]).to_numpy().astype(int),
+                                   {r["method"]: r["threshold"] for _, r in metrics[metrics["split"] == "val"].iterrows()},
+                                   title),
+                 "auroc_mutants": auroc_by_count_figure(by_count, title)},
+        stats=stats)
+
+
+def _detectors(ctx: RunContext, table: pd.DataFrame, feats: dict[str, np.ndarray]):
+    """Train the detectors on the train split, choose thresholds on val, report every split.
+    Returns (metrics per method and split, the score columns p_cond and p_both)."""
+    e = ctx.cfg.experiment
+    seed = int(ctx.cfg.seed)
+    split = table["split"].to_numpy()
+    wrong = (~table["correct"].to_numpy().astype(bool)).astype(int)
+    lcr = table["lcr"].to_numpy()
+    mean, rng = fit_feature_scaling(feats["train"])
+    scaled = {s: apply_feature_scaling(f, mean, rng) for s, f in feats.items()}
+    tr = split == "train"
+    d = e.detectors.cond_mlp
+    cond_model = train_mlp(scaled["train"], wrong[tr], hidden=(200, 200), dropout=0.5, dropout_after="all",
+                           epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
+    p_cond = np.concatenate([cond_model.predict_proba(scaled[s]) for s in ("train", "val", "test")])
+    both = np.stack([lcr, p_cond], axis=1)
+    d = e.detectors.combined_mlp
+    both_model = train_mlp(both[tr], wrong[tr], hidden=(10, 10), dropout=0.5, dropout_after="last",
+                           epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
+    p_both = both_model.predict_proba(both)
+    scores = {"lcr": lcr, "cond": p_cond, "both": p_both}
+    for kind in e.detectors.extra or []:
+        scores[kind] = train_sklearn(str(kind), both[tr], wrong[tr], seed=seed).predict_proba(both)
+    va = split == "val"
+    out = []
+    for method, s in scores.items():
+        thr = youden_threshold(s[va], wrong[va])
+        out += [evaluate_detector(s[split == name], wrong[split == name], thr, method, name)
+                for name in ("train", "val", "test")]
+    return out, {"p_cond": p_cond, "p_both": p_both}

@@ -1,0 +1,204 @@
+"""Error detectors (thresholds, metrics, MLP / random forest / LDA, feature scaling) and the lcr ResNet20."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from boundary_cli.detectors.detection import (
+    DetectorMetrics,
+    apply_feature_scaling,
+    evaluate_detector,
+    fit_feature_scaling,
+    train_mlp,
+    train_sklearn,
+    youden_threshold,
+)
+from boundary_cli.errors import BoundaryError
+from boundary_cli.models.resnet20 import ResNet20, resnet20
+
+# --- thresholds and metrics ------------------------------------------------------------------------------------
+
+
+def brute_force_youden(scores: np.ndarray, labels: np.ndarray) -> float:
+    best, best_j = None, -np.inf
+    for t in sorted(set(scores.tolist()), reverse=True):  # highest threshold wins ties
+        flagged = scores >= t
+        j = flagged[labels == 1].mean() - flagged[labels == 0].mean()
+        if j > best_j:
+            best, best_j = t, j
+    return best
+
+
+def test_youden_separates_separable_scores():
+    scores = np.array([0.1, 0.2, 0.25, 0.3, 0.6, 0.7, 0.9])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    threshold = youden_threshold(scores, labels)
+    assert 0.3 < threshold <= 0.6
+    m = evaluate_detector(scores, labels, threshold, "toy", "val")
+    assert (m.accuracy, m.balanced_accuracy, m.auroc) == (1.0, 1.0, 1.0)
+
+
+def test_youden_equals_brute_force():
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.65, 0.2, 0.9, 0.5, 0.5, 0.3])
+    labels = np.array([0, 1, 0, 1, 0, 0, 1, 1, 0, 0])
+    assert youden_threshold(scores, labels) == brute_force_youden(scores, labels)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # integer scores: many ties
+        labels = rng.integers(0, 2, 40)
+        labels[:2] = [0, 1]
+        scores = rng.integers(0, 8, 40) + 2 * labels
+        assert youden_threshold(scores, labels) == brute_force_youden(scores, labels)
+
+
+def test_youden_needs_both_classes():
+    with pytest.raises(ValueError, match="both"):
+        youden_threshold(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_evaluate_detector_by_hand():
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.7, 0.1, 0.05])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    m = evaluate_detector(scores, labels, 0.5, "cond", "test")
+    # flagged: 0.9, 0.8 (wrong) and 0.7 (right)
+    assert m.recall_wrong == pytest.approx(2 / 3)
+    assert m.recall_right == pytest.approx(3 / 4)
+    assert m.accuracy == pytest.approx(5 / 7)
+    assert m.balanced_accuracy == pytest.approx((2 / 3 + 3 / 4) / 2)
+    # 0.9 and 0.8 outrank all 4 right ones, 0.3 outranks 3 of them: 11 of 12 pairs
+    assert m.auroc == pytest.approx(11 / 12) and m.auroc == pytest.approx(roc_auc_score(labels, scores))
+    assert m.as_row() == {"method": "cond", "split": "test", "auroc": m.auroc, "threshold": 0.5,
+                          "accuracy": m.accuracy, "recall_right": m.recall_right, "recall_wrong": m.recall_wrong,
+                          "balanced_accuracy": m.balanced_accuracy}
+    assert isinstance(m, DetectorMetrics)
+
+
+def test_evaluate_detector_with_one_class_gives_nan():
+    m = evaluate_detector(np.array([0.2, 0.7]), np.array([0, 0]), 0.5, "lcr", "test")
+    assert np.isnan(m.auroc) and np.isnan(m.recall_wrong) and np.isnan(m.balanced_accuracy)
+    assert m.recall_right == 0.5 and m.accuracy == 0.5
+
+
+# --- feature scaling -------------------------------------------------------------------------------------------
+
+
+def test_feature_scaling_maps_train_range_to_width_one():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(100, 4)) * np.array([1.0, 10.0, 0.1, 0.0]) + np.array([5.0, -3.0, 0.0, 7.0])
+    mean, scale = fit_feature_scaling(train)
+    assert mean.shape == scale.shape == (4,)
+    assert scale[3] == 1.0  # constant column
+    scaled = apply_feature_scaling(train, mean, scale)
+    assert np.allclose(scaled.max(0) - scaled.min(0), [1, 1, 1, 0])
+    assert np.allclose(scaled.mean(0), 0) and np.isfinite(scaled).all()
+    test = rng.normal(size=(5, 4))
+    assert np.allclose(apply_feature_scaling(test, mean, scale), (test - mean) / scale)
+
+
+# --- detectors on a planted signal ------------------------------------------------------------------------------
+
+# 2000 train + 2000 test rows, so the AUROC of a useless detector (200 wrong test rows) has a std of ~0.02
+N, D = 4000, 20
+
+
+def planted_task(signal: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(N) < 0.1).astype(int)
+    features = rng.normal(size=(N, D))
+    if signal:
+        features[:, :3] += 1.5 * labels[:, None]  # expected AUROC of the ideal detector ~0.97
+    mean, scale = fit_feature_scaling(features[: N // 2])
+    features = apply_feature_scaling(features, mean, scale)
+    return features[: N // 2], labels[: N // 2], features[N // 2:], labels[N // 2:]
+
+
+DETECTORS = {
+    "mlp_all": lambda x, y, seed: train_mlp(x, y, epochs=5, seed=seed),
+    "mlp_last": lambda x, y, seed: train_mlp(x, y, hidden=(10, 10), dropout_after="last", epochs=20,
+                                             batch_size=100, seed=seed),
+    "random_forest": lambda x, y, seed: train_sklearn("random_forest", x, y, seed=seed),
+    "lda": lambda x, y, seed: train_sklearn("lda", x, y, seed=seed),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_detectors_find_a_planted_signal_and_not_noise(name):
+    x, y, x_test, y_test = planted_task(signal=True)
+    proba = DETECTORS[name](x, y, 0).predict_proba(x_test)
+    assert proba.shape == (len(x_test),) and ((proba >= 0) & (proba <= 1)).all()
+    assert roc_auc_score(y_test, proba) > 0.9
+    x, y, x_test, y_test = planted_task(signal=False)
+    assert abs(roc_auc_score(y_test, DETECTORS[name](x, y, 0).predict_proba(x_test)) - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("name", ["mlp_all", "mlp_last", "random_forest"])
+def test_detectors_are_deterministic_for_a_seed(name):
+    x, y, x_test, _ = planted_task(signal=True)
+    x, y = x[:500], y[:500]
+    torch_state = torch.get_rng_state()
+    first = DETECTORS[name](x, y, 3).predict_proba(x_test)
+    assert torch.equal(torch.get_rng_state(), torch_state)  # training leaves the global RNG alone
+    assert np.array_equal(first, DETECTORS[name](x, y, 3).predict_proba(x_test))
+    assert not np.array_equal(first, DETECTORS[name](x, y, 4).predict_proba(x_test))
+
+
+def test_mlp_layout_and_bad_options():
+    x, y, _, _ = planted_task(signal=True)
+    net = train_mlp(x[:100], y[:100], epochs=1).network
+    assert [type(m).__name__ for m in net] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    net = train_mlp(x[:100], y[:100], hidden=(10, 10), dropout_after="last", epochs=1).network
+    assert [type(m).__name__ for m in net] == ["Linear", "ReLU", "Linear", "ReLU", "Dropout", "Linear"]
+    assert not net.training
+    with pytest.raises(ValueError, match="all, last"):
+        train_mlp(x[:100], y[:100], dropout_after="first")
+    with pytest.raises(ValueError, match="random_forest, lda"):
+        train_sklearn("qda", x[:100], y[:100])
+
+
+# --- ResNet20 -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28), (1, 8, 8)])
+def test_resnet20_output_shapes(shape):
+    net = resnet20(shape[0], 10, shape[1:]).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, *shape))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_resnet20_parameter_count():
+    conv = lambda c_in, c_out, k: c_in * c_out * k * k + c_out  # noqa: E731  (weights + bias)
+    bn = lambda c: 2 * c  # noqa: E731  (gamma, beta; running stats are buffers)
+    stem = conv(3, 16, 3) + bn(16)                                              # 448 + 32
+    plain = lambda c: 2 * (conv(c, c, 3) + bn(c))  # noqa: E731
+    first = lambda c_in, c: conv(c_in, c, 3) + conv(c, c, 3) + 2 * bn(c) + conv(c_in, c, 1)  # noqa: E731
+    stage1 = 3 * plain(16)                                                      # 3 * 4704
+    stage2 = first(16, 32) + 2 * plain(32)                                      # 14560 + 2 * 18624
+    stage3 = first(32, 64) + 2 * plain(64)                                      # 57792 + 2 * 74112
+    head = 64 * 10 + 10
+    expected = stem + stage1 + stage2 + stage3 + head
+    assert expected == 273_066  # Keras reports 274,442 total = this + 1,376 BN moving statistics
+    net = resnet20(3, 10, (32, 32))
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert sum(b.numel() for n, b in net.named_buffers() if "running" in n) == 1376
+
+
+def test_resnet20_taps_are_post_relu_block_outputs():
+    net = resnet20(3, 10, (32, 32)).eval()
+    modules = dict(net.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    for name in ResNet20.tap_layers:
+        modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+    with torch.no_grad():
+        net(torch.randn(2, 3, 32, 32))
+    shapes = [outputs[name].shape for name in ResNet20.tap_layers]
+    assert shapes == [(2, 16, 32, 32)] * 3 + [(2, 32, 16, 16)] * 3 + [(2, 64, 8, 8)] * 3
+    assert all((outputs[name] >= 0).all() for name in ResNet20.tap_layers)
+    assert "layer2.0.shortcut.weight" in net.state_dict() and "layer1.0.shortcut.weight" not in net.state_dict()
+
+
+def test_resnet20_too_small_raises():
+    with pytest.raises(BoundaryError, match=r"resnet20 takes any size >= 8x8; the dataset's images are 7x7"):
+        resnet20(1, 10, (7, 7))

@@ -7,7 +7,8 @@ loop that loads each mutant's weights into the model, and against the floor of M
 
 Mutants are drawn with seeds 0..M-1 (no acceptance filter) from the checkpoint store's model (trained
 with ``--training`` on first use). Measured, each on the first ``--n-inputs`` test images: (a) the
-stacked evaluation ``predict_mutants``; (b) the loop: per mutant, regenerate its weights, load them,
+stacked evaluation ``predict_mutants(method="vmap")`` and its per-mutant ``functional_call`` form
+``method="loop"``; (b) the loop: per mutant, regenerate its weights, load them,
 predict, restore; (c) the floor: M forwards of the unmutated model over the same inputs with the same
 batch size. Reported: seconds of each, floor ratio (a)/(c), speed-up over the loop (b)/(a), inputs x
 mutants per second of (a), and whether (a) and (b) predict identically. Speed is measured here, never
@@ -71,8 +72,8 @@ def main() -> None:
 
     original = {k: v.detach().clone() for k, v in model.named_parameters()}
 
-    def stacked() -> torch.Tensor:
-        return predict_mutants(model, mutants, x, batch_size=bs, budget_bytes=budget)
+    def evaluate(method: str):
+        return lambda: predict_mutants(model, mutants, x, batch_size=bs, budget_bytes=budget, method=method)
 
     def loop() -> torch.Tensor:
         preds = []
@@ -88,22 +89,23 @@ def main() -> None:
             for _ in range(m):
                 forward_all(model, x, bs)
 
-    predict_mutants(model, mutants[:2], x[:bs], batch_size=bs, budget_bytes=budget)  # warm-up
+    predict_mutants(model, mutants[:2], x[:bs], batch_size=bs, budget_bytes=budget, method="vmap")  # warm-up
     with torch.no_grad():
         forward_all(model, x, bs)
-    a, t_stacked = timed(stacked, device)
     b, t_loop = timed(loop, device)
     _, t_floor = timed(floor, device)
-    mismatches = int((a != b).sum())
     out = dict(device=str(device), threads=torch.get_num_threads(), model=args.model, dataset=args.dataset,
                operator=args.operator, gamma=args.gamma, n_mutants=m, n_inputs=n, batch_size=bs, budget_bytes=budget,
-               seconds=dict(stacked=t_stacked, loop=t_loop, floor=t_floor),
-               floor_ratio=t_stacked / t_floor, speedup_vs_loop=t_loop / t_stacked,
-               inputs_x_mutants_per_s=n * m / t_stacked, identical=mismatches == 0, mismatches=mismatches)
-    print(f"stacked {t_stacked:.3f} s, loop {t_loop:.3f} s, floor {t_floor:.3f} s; floor ratio "
-          f"{out['floor_ratio']:.2f}, speed-up over the loop {out['speedup_vs_loop']:.2f}x, "
-          f"{out['inputs_x_mutants_per_s']:.0f} inputs x mutants/s; identical predictions: {out['identical']}"
-          + ("" if mismatches == 0 else f" ({mismatches} of {n * m} differ)"))
+               seconds=dict(load_restore_loop=t_loop, floor=t_floor), methods={})
+    print(f"load/restore loop {t_loop:.3f} s ({t_loop / t_floor:.2f}x the floor), floor {t_floor:.3f} s")
+    for method in ("vmap", "loop"):
+        a, t = timed(evaluate(method), device)
+        mismatches = int((a != b).sum())
+        out["methods"][method] = dict(seconds=t, floor_ratio=t / t_floor, speedup_vs_loop=t_loop / t,
+                                      inputs_x_mutants_per_s=n * m / t, identical=mismatches == 0)
+        print(f"predict_mutants(method={method}): {t:.3f} s; floor ratio {t / t_floor:.2f}, speed-up over the "
+              f"load/restore loop {t_loop / t:.2f}x, {n * m / t:.0f} inputs x mutants/s; identical predictions: "
+              f"{mismatches == 0}" + ("" if mismatches == 0 else f" ({mismatches} of {n * m} differ)"))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

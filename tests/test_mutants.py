@@ -234,7 +234,8 @@ def test_unknown_operator_and_models_without_conv_raise():
 
 @pytest.mark.parametrize("make, shape", [(wrapped_lenet, (1, 28, 28)), (small, (1, 8, 8)), (mixed, (3, 6, 6))])
 @pytest.mark.parametrize("budget", [1, 3_000_000, 2**30])
-def test_predict_mutants_equals_a_per_mutant_loop(make, shape, budget):
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_predict_mutants_equals_a_per_mutant_loop(make, shape, budget, method):
     model = make().double()
     x = inputs(37, shape, dtype=torch.float64)
     ops = ["NAI", "GF", "NS"] if make is small else ["NAI", "GF"]
@@ -246,15 +247,15 @@ def test_predict_mutants_equals_a_per_mutant_loop(make, shape, budget):
     before = clone_state(model)
     model.train()  # predict_mutants must evaluate in eval mode and put the flags back
     calls: list[int] = []
-    got = predict_mutants(model, mutants, x, batch_size=8, budget_bytes=budget, progress=calls.append)
+    got = predict_mutants(model, mutants, x, batch_size=8, budget_bytes=budget, progress=calls.append, method=method)
     assert model.training and all(m.training for m in model.modules())
     assert_same_state(model, before)
     assert got.dtype == torch.int64 and got.shape == (10, 37)
     assert torch.equal(got, expected)
     assert sum(calls) == 10
-    if budget == 1:
+    if budget == 1 or method == "loop":
         assert calls == [1] * 10
-    if budget == 2**30:
+    elif budget == 2**30:
         assert calls == [10]
 
 
@@ -266,10 +267,13 @@ def test_predict_mutants_with_several_mutants_per_chunk_and_no_mutants():
     # about 3 mutants per chunk: per mutant, 2 x the conv weights plus 2 x the activations of a batch
     weights = 2 * 8 * sum(conv.weight.numel() for _, conv in conv_layers(model))
     acts = 2 * 5 * mut._activation_bytes(model, x[:1])
-    got = predict_mutants(model, mutants, x, batch_size=5, budget_bytes=3 * (weights + acts), progress=calls.append)
+    got = predict_mutants(model, mutants, x, batch_size=5, budget_bytes=3 * (weights + acts), progress=calls.append,
+                          method="vmap")
     assert 1 < len(calls) < 7 and sum(calls) == 7
     assert torch.equal(got, loop_predictions(model, mutants, x))
     assert predict_mutants(model, [], x).shape == (0, 20)
+    with pytest.raises(ValueError, match="unknown method"):
+        predict_mutants(model, mutants, x, method="magic")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from torch.func import functional_call, vmap
 OPERATORS = ("NAI", "GF", "NS")
 NS_SHARE = 0.07  # NS rotates floor(0.07 * out_channels) filters per layer (model_mutation.py)
 CANDIDATES_PER_ROUND = 32  # fewest candidates accept_mutants evaluates at once
+MUTANT_METHODS = ("auto", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,14 @@ def predict_mutants(
     batch_size: int = 1024,
     budget_bytes: int = 2**30,
     progress: Callable[[int], None] | None = None,
+    method: str = "auto",
 ) -> Tensor:
     """Predicted classes of every mutant on x (N, C, H, W) -> (M, N) int64 on x's device.
+
+    ``method``: ``vmap`` (below), ``loop`` (per mutant, its changed conv weights are copied into the
+    model, the inputs predicted in batches, the weights restored, also on error: M plain forwards) or
+    ``auto``: vmap on CUDA, loop on CPU, where vmap's batched convolutions measured 2x slower than
+    M plain forwards for LeNet (scripts/bench_lcr.py).
 
     Mutants are taken in chunks sized so that the stacked weights plus the activations of a batch
     of ``batch_size`` inputs fit ``budget_bytes`` (at least one mutant per chunk); each chunk stacks
@@ -214,6 +221,28 @@ def predict_mutants(
     device = _device(model, x)
     weights = _conv_weights(model)
     originals = dict(weights.values())
+    if method not in MUTANT_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(MUTANT_METHODS)}")
+    if method == "auto":
+        method = "vmap" if device.type == "cuda" else "loop"
+    if method == "loop":
+        params = dict(model.named_parameters())
+        with torch.no_grad(), _eval_mode(model):
+            for j, mutant in enumerate(mutants):
+                changed = _weight_changes(weights, mutant)
+                saved = {name: params[name].detach().clone() for name in changed}
+                try:  # swap the changed weights in place (cheaper than functional_call per batch)
+                    for name, value in changed.items():
+                        params[name].copy_(value)
+                    for i in range(0, n, batch_size):
+                        xb = x[i:i + batch_size].to(device)
+                        out[j, i:i + xb.shape[0]] = model(xb).argmax(-1).to(x.device)
+                finally:
+                    for name, value in saved.items():
+                        params[name].copy_(value)
+                if progress is not None:
+                    progress(1)
+        return out
     with torch.no_grad(), _eval_mode(model):
         # Per mutant: its changed weights, once as separate tensors and once stacked.
         weight_bytes = 2 * sum(w.numel() * w.element_size() for _, w in weights.values())

@@ -49,6 +49,7 @@ from boundary_cli.training.evaluation import predict
 log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 1
+N_FOLDS = 5  # out-of-fold p_cond on the training split for the combined detectors
 EXTRA = ("random_forest", "lda")
 BASELINES = ("mean", "zero")
 
@@ -249,6 +250,23 @@ def run(ctx: RunContext) -> ExperimentOutput:
         stats=stats)
 
 
+def _cond_mlp(features: np.ndarray, wrong: np.ndarray, d: DictConfig, seed: int):
+    return train_mlp(features, wrong, hidden=(200, 200), dropout=0.5, dropout_after="all", epochs=int(d.epochs),
+                     batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
+
+
+def _out_of_fold(features: np.ndarray, wrong: np.ndarray, d: DictConfig, seed: int, folds: int) -> np.ndarray:
+    """p_cond of every training row from a conductance MLP that did not see it (k-fold): the combined
+    detector must learn how much to trust p_cond from honest values, not from the MLP's own
+    (over-confident) training rows."""
+    fold = np.random.default_rng(seed).permutation(len(wrong)) % folds
+    out = np.empty(len(wrong))
+    for k in range(folds):
+        held = fold == k
+        out[held] = _cond_mlp(features[~held], wrong[~held], d, seed + 1 + k).predict_proba(features[held])
+    return out
+
+
 def _detectors(ctx: RunContext, table: pd.DataFrame, feats: dict[str, np.ndarray]):
     """Train the detectors on the train split, choose thresholds on val, report every split.
     Returns (metrics per method and split, the score columns p_cond and p_both)."""
@@ -261,9 +279,9 @@ def _detectors(ctx: RunContext, table: pd.DataFrame, feats: dict[str, np.ndarray
     scaled = {s: apply_feature_scaling(f, mean, rng) for s, f in feats.items()}
     tr = split == "train"
     d = e.detectors.cond_mlp
-    cond_model = train_mlp(scaled["train"], wrong[tr], hidden=(200, 200), dropout=0.5, dropout_after="all",
-                           epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
-    p_cond = np.concatenate([cond_model.predict_proba(scaled[s]) for s in ("train", "val", "test")])
+    cond_model = _cond_mlp(scaled["train"], wrong[tr], d, seed)
+    p_cond = np.concatenate([_out_of_fold(scaled["train"], wrong[tr], d, seed, N_FOLDS)]
+                            + [cond_model.predict_proba(scaled[s]) for s in ("val", "test")])
     both = np.stack([lcr, p_cond], axis=1)
     d = e.detectors.combined_mlp
     both_model = train_mlp(both[tr], wrong[tr], hidden=(10, 10), dropout=0.5, dropout_after="last",

@@ -43,6 +43,7 @@ EXPERIMENT_TABLES = {
     "multiple_hits": ("hits", "hits_summary"),
     "own_to_flip": ("own_to_flip", "summary"),
     "train_again": ("train_again",),
+    "lcr": ("lcr", "mutants", "detectors", "auroc_mutants"),
 }
 
 
@@ -91,7 +92,7 @@ def build_report(sweep_dir: str | Path) -> Path:
     Margin runs: ``margins.csv`` and ``summary.csv`` concatenated into ``report/margins.csv`` and
     ``report/summary.csv``, each row tagged with its ``run`` folder and a ``label``, and
     ``report/margins.png``: the median margin along frequency, one line per run. Runs of the flip
-    experiments: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged the same way.
+    and lcr experiments: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged the same way.
 
     Returns the report folder. Raises BoundaryError when no run results are found.
     """

@@ -29,16 +29,13 @@ from boundary_cli.experiments.walking import (
     walk_params,
     walk_table,
 )
+from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
 from boundary_cli.reporting.flip_plots import flip_histograms, flip_lines, layer_boxes, nearest_flip_histogram
 from boundary_cli.training.evaluation import predict
 
 log = logging.getLogger(__name__)
 
 DISTANCES = ("l2", "l2_sq")
-
-
-def model_epochs(cfg: DictConfig) -> list[int | None]:
-    return [cfg.experiment.epoch]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -54,8 +51,6 @@ def validate(cfg: DictConfig) -> None:
     int_list(e.source_classes, "experiment.source_classes", allow_all=True)
     int_list(e.plot_sources, "experiment.plot_sources")
     one_of(e.distance, DISTANCES, "experiment.distance")
-    if e.epoch is not None:
-        positive_int(e.epoch, "experiment.epoch")
     validate_walk(e.walk, modes=("targeted", "flipstop"))
     validate_common(e)
 

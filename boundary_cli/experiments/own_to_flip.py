@@ -30,6 +30,7 @@ from boundary_cli.experiments.walking import (
     validate_walk,
     walk_params,
 )
+from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
 from boundary_cli.geometry.taps import activations
 from boundary_cli.geometry.walks import FLIPPED
 from boundary_cli.reporting.flip_plots import ratio_figure
@@ -40,15 +41,9 @@ log = logging.getLogger(__name__)
 SPACES = ("input", "layer")
 
 
-def model_epochs(cfg: DictConfig) -> list[int | None]:
-    return [cfg.experiment.epoch]
-
-
 def validate(cfg: DictConfig) -> None:
     e = cfg.experiment
     validate_selection(e)
-    if e.epoch is not None:
-        positive_int(e.epoch, "experiment.epoch")
     one_of(e.centroid.space, SPACES, "experiment.centroid.space")
     one_of(e.centroid.split, ("train", "test"), "experiment.centroid.split")
     nonnegative_int(e.centroid.start, "experiment.centroid.start")

@@ -29,6 +29,7 @@ from boundary_cli.experiments.walking import (
     walk_params,
     walk_table,
 )
+from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
 from boundary_cli.reporting.flip_plots import train_again_figure
 from boundary_cli.training.evaluation import predict
 from boundary_cli.training.overfit import WithParams, overfit_independent, overfit_sequential, points_per_batch
@@ -38,15 +39,9 @@ log = logging.getLogger(__name__)
 MODES = ("independent", "sequential")
 
 
-def model_epochs(cfg: DictConfig) -> list[int | None]:
-    return [cfg.experiment.epoch]
-
-
 def validate(cfg: DictConfig) -> None:
     e = cfg.experiment
     validate_selection(e)
-    if e.epoch is not None:
-        positive_int(e.epoch, "experiment.epoch")
     one_of(e.mode, MODES, "experiment.mode")
     positive_int(e.overfit.steps, "experiment.overfit.steps")
     positive_number(e.overfit.lr, "experiment.overfit.lr")

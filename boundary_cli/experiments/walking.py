@@ -45,8 +45,15 @@ def walk_params(w: DictConfig, value_range: tuple[float, float]) -> dict[str, An
                 clip=tuple(float(v) for v in value_range) if w.clip else None)
 
 
+def model_epochs(cfg: DictConfig) -> list[int | None]:
+    """The one snapshot a single-model flip experiment needs: ``experiment.epoch`` (None = final)."""
+    return [cfg.experiment.epoch]
+
+
 def validate_common(e: DictConfig) -> None:
-    """chunk_size and batch_rows, shared by every walk experiment."""
+    """chunk_size, batch_rows and (when the experiment has one) epoch, shared by every walk experiment."""
+    if e.get("epoch") is not None:
+        positive_int(e.epoch, "experiment.epoch")
     positive_int(e.chunk_size, "experiment.chunk_size")
     if e.batch_rows != "auto":
         positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")

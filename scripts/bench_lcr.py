@@ -23,14 +23,12 @@ import os
 import sys
 
 import torch
-from hydra import compose, initialize_config_module
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_margin import timed  # noqa: E402
+from bench_margin import bench_setup, timed  # noqa: E402
 
-from boundary_cli.data.variants import apply_variant  # noqa: E402
 from boundary_cli.detectors.mutants import draw_mutant, mutated_state, predict_mutants  # noqa: E402
-from boundary_cli.runner import load_dataset, memory_budget, obtain_model, prepare_device  # noqa: E402
+from boundary_cli.runner import memory_budget  # noqa: E402
 
 
 def forward_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -54,13 +52,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
     args = p.parse_args()
 
-    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
-        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
-                                           f"training={args.training}", f"device={args.device}", *args.overrides])
-    device = prepare_device(cfg.device)
-    raw = load_dataset(cfg)
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    model, info, _ = obtain_model(cfg, data, device, progress=False)
+    _, device, data, model, info = bench_setup(args)
     x = data.test_x[:args.n_inputs].to(device)
     n, m, bs = x.shape[0], args.n_mutants, args.batch_size
     budget = args.budget_bytes or memory_budget(device)

@@ -61,6 +61,19 @@ def timed(fn, device: torch.device, reps: int = 1):
     return out, statistics.median(times)
 
 
+def bench_setup(args: argparse.Namespace, tune_allocator: bool = True):
+    """Compose the config of a benchmark's ``--dataset/--model/--training/--device`` and overrides, and
+    build what it times: (cfg, device, data with its variant, model from the checkpoint store, provenance)."""
+    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
+                                           f"training={args.training}", f"device={args.device}", *args.overrides])
+    device = prepare_device(cfg.device, tune_allocator=tune_allocator)
+    raw = load_dataset(cfg)
+    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    model, info, _ = obtain_model(cfg, data, device, progress=False)
+    return cfg, device, data, model, info
+
+
 def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.device, reps: int) -> float:
     """Seconds per row of one iteration's unavoidable work on batch x (B, C, H, W)."""
     def step():
@@ -95,13 +108,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
     args = p.parse_args()
 
-    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
-        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
-                                           f"training={args.training}", f"device={args.device}", *args.overrides])
-    device = prepare_device(cfg.device, tune_allocator=not args.default_allocator)
-    raw = load_dataset(cfg)
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    model, info, _ = obtain_model(cfg, data, device, progress=False)
+    cfg, device, data, model, info = bench_setup(args, tune_allocator=not args.default_allocator)
     if args.channels_first:
         model = model.to(memory_format=torch.contiguous_format)
     idx = select_samples(len(data.test_y), args.n, 0)

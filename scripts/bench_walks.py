@@ -23,15 +23,13 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_margin import timed  # noqa: E402
+from bench_margin import bench_setup, timed  # noqa: E402
 
-from boundary_cli.data.variants import apply_variant  # noqa: E402
 from boundary_cli.geometry.deepfool import input_gradients_only, rows_for_budget  # noqa: E402
 from boundary_cli.geometry.walks import walk_to_classes  # noqa: E402
-from boundary_cli.runner import load_dataset, memory_budget, obtain_model, prepare_device  # noqa: E402
+from boundary_cli.runner import memory_budget  # noqa: E402
 
 
 def step_seconds(model, x: torch.Tensor, target: torch.Tensor, device, reps: int) -> float:
@@ -91,13 +89,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides")
     args = p.parse_args()
 
-    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
-        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
-                                           f"training={args.training}", f"device={args.device}", *args.overrides])
-    device = prepare_device(cfg.device)
-    raw = load_dataset(cfg)
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    model, info, _ = obtain_model(cfg, data, device, progress=False)
+    _, device, data, model, info = bench_setup(args)
     x = data.test_x[: args.n].to(device)
     classes = torch.arange(data.num_classes, device=device)
     clip = tuple(float(v) for v in data.value_range)

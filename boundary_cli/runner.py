@@ -23,10 +23,13 @@ from torch import nn
 
 from boundary_cli.cache import ChunkStore, model_hash
 from boundary_cli.data.images import ImageData
+from boundary_cli.data.lazy import is_lazy
 from boundary_cli.data.variants import apply_variant, check_variant, normalization_stats
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.shards import shard_of
+from boundary_cli.models.build import build_network, normalization_spec
 from boundary_cli.models.checkpoint import load_weights
 from boundary_cli.models.normalize import Classifier, Normalize
 from boundary_cli.reporting.files import (
@@ -96,10 +99,21 @@ def tune_cpu_allocator() -> bool:
         return False
 
 
+def shard_device(name: str, shard_index: int, shard_count: int) -> str:
+    """``device=auto`` for one of several shards on a machine with several GPUs: ``cuda:<index % GPUs>``,
+    so the local launcher's jobs each take their own GPU. Any other case: ``name`` unchanged."""
+    if str(name) != "auto" or shard_count < 2 or not torch.cuda.is_available():
+        return str(name)
+    n_gpus = torch.cuda.device_count()
+    return f"cuda:{shard_index % n_gpus}" if n_gpus > 1 else str(name)
+
+
 def prepare_device(name: str, *, tune_allocator: bool = True) -> torch.device:
     """Resolve ``name`` and set the process up for it: TF32 on CUDA, the allocator on CPU."""
     device = resolve_device(name)
     if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     elif tune_allocator:
@@ -146,12 +160,24 @@ def load_dataset(cfg: DictConfig) -> ImageData:
 
 
 def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
-    """The configured architecture behind a normalisation layer fitted to ``data``, in channels_last
-    memory format (tensor cores on CUDA; on CPU oneDNN's convolutions ran ~30% faster for LeNet on
-    2 cores, training and DeepFool alike). Loaded weights keep that format."""
-    net = _instantiate(cfg.model.arch, f"model {cfg.model.name}", in_channels=data.channels,
-                       num_classes=data.num_classes, image_size=data.image_size)
-    mean, std = normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))
+    """The configured architecture behind a normalisation layer, in channels_last memory format
+    (tensor cores on CUDA; on CPU oneDNN's convolutions ran ~30% faster for LeNet on 2 cores, training
+    and DeepFool alike). Loaded weights keep that format.
+
+    ``model.normalization``: ``dataset`` (the dataset's statistics, see normalization_stats), ``none``
+    (the network normalises itself) or explicit ``{mean: [...], std: [...]}``.
+    """
+    net = build_network(cfg.model.arch, data.channels, data.num_classes, data.image_size)
+    spec = normalization_spec(cfg.model.get("normalization", "dataset"))
+    if spec == "dataset":
+        mean, std = normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))
+    elif spec is None:
+        mean, std = torch.zeros(data.channels), torch.ones(data.channels)
+    else:
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in spec)
+        if mean.shape != (data.channels,) or std.shape != (data.channels,):
+            raise BoundaryError(f"model.normalization mean/std need {data.channels} values (one per channel), "
+                                f"got {list(spec[0])} / {list(spec[1])}")
     return Classifier(Normalize(mean, std), net).to(memory_format=torch.channels_last)
 
 
@@ -162,14 +188,16 @@ def weights_identity(cfg: DictConfig) -> dict[str, Any]:
     never cause a retrain.
     """
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for key in ("download", "check_integrity", "subspaces"):
+    for key in ("download", "check_integrity", "subspaces", "root", "adversarial_epsilon"):
         dataset.pop(key, None)
-    for key in ("system_dir", "check_integrity"):
+    for key in ("system_dir", "check_integrity", "root", "workers"):
         dataset["loader"].pop(key, None)
     if dataset["variant"] != "low_pass":
         dataset.pop("low_pass", None)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("checkpoint", None)
+    if model.get("normalization", "dataset") == "dataset":  # the default: keeps the keys of earlier stores
+        model.pop("normalization", None)
     training = OmegaConf.to_container(cfg.training, resolve=True)
     for key in ("min_accuracy", "save_epochs"):
         training.pop(key, None)
@@ -195,6 +223,17 @@ def _snapshot_identity(identity: dict[str, Any], epoch: int, final: int) -> dict
     return identity if epoch == final else dict(identity, epoch=int(epoch))
 
 
+def test_accuracy(model: nn.Module, data: ImageData, device: torch.device) -> float | None:
+    """Accuracy on the whole test set, or None for a set decoded per batch (ImageNet's 50,000 images
+    would be decoded once more just for this; the margin experiment reports the accuracy on the
+    samples it measures instead)."""
+    if is_lazy(data.test_x):
+        log.info("model: test accuracy not computed over the whole %s set (decoded per batch); see "
+                 "accuracy_measured in run.json", data.name)
+        return None
+    return evaluate(model, data.test_x, data.test_y, device=device)[1]
+
+
 def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progress: bool | None = None,
                  epoch: int | None = None) -> tuple[Classifier, dict[str, Any], Any]:
     """The model in eval mode on ``device``: from ``model.checkpoint``, from the store, or trained
@@ -203,17 +242,26 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     ``epoch`` asks for the weights after that many epochs of the configured run (None: the final
     ones). Returns (model, provenance for run.json, training curve or None).
     """
-    if cfg.model.checkpoint:
+    pretrained = bool(cfg.model.arch.get("pretrained", False))
+    if cfg.model.checkpoint or pretrained:
+        what = "model.checkpoint" if cfg.model.checkpoint else "model.arch.pretrained=true"
         if epoch is not None:
-            raise BoundaryError(f"epoch {epoch} of a training run asked for, but model.checkpoint gives one set of "
-                                f"weights; leave model.checkpoint unset to use the checkpoint store")
-        path = Path(str(cfg.model.checkpoint)).expanduser()
-        model = build_model(cfg, data)
-        load_weights(model.net, path, arch=str(cfg.model.name))
+            raise BoundaryError(f"epoch {epoch} of a training run asked for, but {what} gives one set of "
+                                f"weights; leave it unset to use the checkpoint store")
+        model = build_model(cfg, data)  # a pretrained architecture loads its published weights here
+        if cfg.model.checkpoint:
+            path = Path(str(cfg.model.checkpoint)).expanduser()
+            load_weights(model.net, path, arch=str(cfg.model.name))
+            source = dict(source="file", path=str(path.resolve()))
+        else:
+            source = dict(source="torchvision", weights="published ImageNet weights")
         model.to(device).eval()
-        _, acc = evaluate(model, data.test_x, data.test_y, device=device)
-        return model, dict(source="file", path=str(path.resolve()), test_accuracy=acc), None
+        return model, dict(source, test_accuracy=test_accuracy(model, data, device)), None
 
+    if len(data.train_y) == 0:
+        raise BoundaryError(f"dataset={data.name} has no training images here, so no model can be trained on it; "
+                            f"give the weights with model.checkpoint=PATH"
+                            f"{' or model.arch.pretrained=true' if 'pretrained' in cfg.model.arch else ''}")
     final, snapshots = snapshot_epochs(cfg, epoch)
     epoch = final if epoch is None else int(epoch)
     identity = weights_identity(cfg)
@@ -290,23 +338,32 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     experiment = EXPERIMENTS[name]
     experiment.validate(cfg)
     check_variant(cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    device = prepare_device(cfg.device)
+    shard_index, shard_count = shard_of(cfg)
+    if shard_count > 1 and not getattr(experiment, "SHARDS", False):
+        raise BoundaryError(f"experiment={name} cannot be sharded (shard.count={shard_count}); "
+                            f"experiments that can: {', '.join(sorted(k for k, m in EXPERIMENTS.items() if getattr(m, 'SHARDS', False)))}")
+    device = prepare_device(shard_device(cfg.device, shard_index, shard_count))
     log.info("device: %s", device)
 
     raw = load_dataset(cfg)
+    if is_lazy(raw.test_x) and not getattr(experiment, "LAZY_DATA", False):
+        raise BoundaryError(f"experiment={name} needs a dataset held in memory with a training split; "
+                            f"dataset={raw.name} is decoded per batch and serves "
+                            f"{', '.join(sorted(k for k, m in EXPERIMENTS.items() if getattr(m, 'LAZY_DATA', False)))}")
     data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
     epochs = experiment.model_epochs(cfg) if hasattr(experiment, "model_epochs") else [None]
     obtained = [obtain_model(cfg, data, device, progress, epoch=e) for e in epochs]
     model, provenance, _ = obtained[0]
     curve = next((c for _, _, c in obtained if c is not None), None)
     min_acc = cfg.training.get("min_accuracy")
-    if min_acc is not None and provenance["test_accuracy"] < float(min_acc):
+    if min_acc is not None and provenance["test_accuracy"] is not None and provenance["test_accuracy"] < float(min_acc):
         log.warning("model test accuracy %.4f is below training.min_accuracy=%s: margins of a poor model "
                     "say little about the task", provenance["test_accuracy"], min_acc)
 
     overrides = [o for o in (overrides or []) if not o.lstrip("+~").startswith("hydra")]
     identity = dict(dataset=str(cfg.dataset.name), variant=str(cfg.dataset.variant), model=str(cfg.model.name),
-                    training="checkpoint" if cfg.model.checkpoint else str(cfg.training.name), seed=int(cfg.seed),
+                    training=("checkpoint" if cfg.model.checkpoint else "pretrained"
+                              if cfg.model.arch.get("pretrained", False) else str(cfg.training.name)), seed=int(cfg.seed),
                     overrides=" ".join(overrides))
     ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model),
                      device=device, identity=identity, chunks=ChunkStore(cfg_path(cfg, "cache_dir") / "chunks"),

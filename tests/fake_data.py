@@ -156,3 +156,31 @@ def corrupt_digits(data_dir: Path, cache_dir: Path, download: bool = False, corr
     else:
         raise ValueError(corruption)
     return data
+
+
+def write_imagenet_tree(root: Path, wnids: tuple[str, ...] = ("n01440764", "n01443537", "n01484850"),
+                        per_class: int = 2, with_meta: bool = True, seed: int = 0) -> dict:
+    """A tiny ILSVRC2012 validation tree: ``root/val/<wnid>/*.JPEG`` of assorted sizes (so resize and crop
+    matter), plus ``root/meta.bin`` in torchvision's format ``(wnid_to_classes, val_wnids)`` when
+    ``with_meta``. Returns {"wnids", "files", "classes"}."""
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    val_wnids = []
+    for c, wnid in enumerate(wnids):
+        folder = root / "val" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = int(rng.integers(240, 330)), int(rng.integers(240, 330))
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            pixels[..., c % 3] = 255 - c * 40  # class colour: a learnable signal
+            path = folder / f"ILSVRC2012_val_{c * per_class + i + 1:08d}.JPEG"
+            Image.fromarray(pixels).save(path, quality=90)
+            files.append(path)
+            val_wnids.append(wnid)
+    classes = {wnid: (f"class {k}", f"synonym {k}") for k, wnid in enumerate(wnids)}
+    if with_meta:
+        torch.save((classes, val_wnids), root / "meta.bin")
+    return {"wnids": wnids, "files": files, "classes": classes}

@@ -107,7 +107,7 @@ def test_list_help_and_cfg(tmp_path, digits_cache):
         assert word in out, word
     assert "boundary run" in boundary("--help", cwd=tmp_path, env=env).stdout
     help_text = boundary("run", "--help", cwd=tmp_path, env=env).stdout
-    assert "boundary" in help_text and "dataset: cifar10, digits, fashion_mnist, mnist" in help_text
+    assert "boundary" in help_text and "dataset: cifar10, digits, fashion_mnist, image_folder, imagenet, mnist" in help_text
     cfg = boundary("run", "--cfg", "job", "dataset=cifar10", "model=resnet18", cwd=tmp_path, env=env).stdout
     assert "name: cifar10" in cfg and "name: resnet18" in cfg and "block: ${dataset.subspaces.block}" in cfg
     resolved = boundary("run", "--cfg", "job", "--resolve", "dataset=cifar10", cwd=tmp_path, env=env).stdout

@@ -14,9 +14,11 @@ from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.runner import build_model, weights_identity
 
-SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
-FITS = {"small_cnn": {8, 28, 32}, "flip_cnn": {8, 28, 32}, "lenet": {28}, "resnet18": {8, 28, 32},
-        "resnet20": {8, 28, 32}, "vgg19": {32}, "densenet121": {32}}
+SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "imagenet": (3, 224),
+         "image_folder": (3, 224)}
+FITS = {"small_cnn": {8, 28, 32, 224}, "flip_cnn": {8, 28, 32, 224}, "lenet": {28}, "resnet18": {8, 28, 32, 224},
+        "resnet18_mnist": {8, 28, 32, 224}, "resnet20": {8, 28, 32, 224}, "vgg19": {32}, "densenet121": {32},
+        "resnet50": {32, 224}}
 
 
 def options(group: str) -> list[str]:
@@ -36,10 +38,10 @@ def fake_data(channels: int, size: int) -> ImageData:
 
 
 def test_groups_hold_the_promised_options():
-    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist"]
-    assert options("model") == ["densenet121", "flip_cnn", "lenet", "resnet18", "resnet20", "small_cnn",
-                                "vgg19"]
-    assert options("training") == ["flip_adam", "quick", "reference"]
+    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
+    assert options("model") == ["densenet121", "flip_cnn", "lenet", "resnet18", "resnet18_mnist", "resnet20",
+                                "resnet50", "small_cnn", "vgg19"]
+    assert options("training") == ["adversarial", "flip_adam", "quick", "reference"]
     assert options("experiment") == sorted(EXPERIMENTS)
     assert options("hydra/launcher") == ["local", "slurm"]
 
@@ -82,12 +84,21 @@ def test_every_dataset_model_pair_composes_and_builds_or_refuses(dataset, model)
 
 
 @pytest.mark.parametrize("dataset,block,step", [("digits", 4, 1), ("mnist", 8, 1), ("fashion_mnist", 8, 1),
-                                               ("cifar10", 8, 2)])
+                                               ("cifar10", 8, 2), ("imagenet", 16, 16)])
 def test_subspaces_follow_the_dataset(dataset, block, step):
     cfg = cfg_for(f"dataset={dataset}")
     assert (cfg.experiment.subspaces.block, cfg.experiment.subspaces.step) == (block, step)
     cfg = cfg_for(f"dataset={dataset}", "experiment.subspaces.step=3")
     assert cfg.experiment.subspaces.step == 3
+
+
+def test_imagenet_has_the_14_diagonal_blocks_of_hold_me_tight():
+    from boundary_cli.geometry.dct import diagonal_blocks
+
+    cfg = cfg_for("dataset=imagenet", "model=resnet50")
+    blocks = diagonal_blocks(224, cfg.experiment.subspaces.block, cfg.experiment.subspaces.step, channels=3)
+    assert [b.offset for b in blocks] == list(range(0, 224, 16)) and {b.dim for b in blocks} == {768}
+    assert cfg.experiment.deepfool.candidates == 10 and cfg.dataset.adversarial_epsilon == 3.0
 
 
 @pytest.mark.parametrize("training", options("training"))
@@ -131,6 +142,7 @@ def test_weights_identity_ignores_paths_devices_and_experiment_settings():
     base = weights_identity(cfg_for())
     same = [cfg_for("paths.cache_dir=/elsewhere", "paths.data_dir=/x", "device=cpu", "experiment.n_samples=7",
                     "experiment.deepfool.max_iter=3", "dataset.download=true", "training.min_accuracy=0.1",
+                    "shard.index=1", "shard.count=4", "experiment.deepfool.max_memory_gb=2",
                     "dataset.low_pass.bandwidth=2")]
     for cfg in same:
         assert weights_identity(cfg) == base

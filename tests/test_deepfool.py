@@ -234,3 +234,31 @@ def test_prediction_is_the_models_label_and_candidates_limit_classes():
         assert torch.equal(res.prediction, model(x).argmax(1))
     assert res.n_backward == 2 * int(res.iterations.sum())
     assert res.n_forward == 2 * int(res.iterations.sum())
+
+
+def test_sync_every_changes_neither_margins_nor_labels():
+    model = small_cnn()
+    x = torch.rand(20, 1, 8, 8)
+    blocks = diagonal_blocks(8, 4, 2)
+    one = deepfool_subspaces(model, x, blocks, batch_rows=9, sync_every=1)
+    for k in (3, 8):
+        lazy = deepfool_subspaces(model, x, blocks, batch_rows=9, sync_every=k)
+        assert torch.allclose(one.margin, lazy.margin, rtol=1e-4)
+        assert torch.equal(one.iterations, lazy.iterations)
+        assert torch.equal(one.adv_label, lazy.adv_label) and torch.equal(one.converged, lazy.converged)
+        # frozen rows ride along until the next sync: the counts include them, never fewer
+        assert lazy.n_forward >= one.n_forward and lazy.n_backward >= one.n_backward
+
+
+def test_top_k_candidates_with_k_equal_to_all_classes_match_the_all_class_reference():
+    model = small_cnn(n_classes=20)
+    x = torch.rand(12, 1, 8, 8)
+    top_all = deepfool(model, x, candidates=20)
+    top_more = deepfool(model, x, candidates=50)  # capped at the 20 classes
+    assert torch.equal(top_all.margin, top_more.margin)
+    ref = torch.tensor([float(deepfool_single(model, x[i], None, candidates=20)[0].norm()) for i in range(12)])
+    assert torch.allclose(top_all.margin, ref, rtol=1e-3)
+    top3 = deepfool(model, x, candidates=3)
+    ref3 = torch.tensor([float(deepfool_single(model, x[i], None, candidates=3)[0].norm()) for i in range(12)])
+    assert torch.allclose(top3.margin, ref3, rtol=1e-3)
+    assert (top3.margin >= top_all.margin * (1 - 1e-3)).float().mean() > 0.5  # fewer targets: rarely closer

@@ -1,7 +1,8 @@
 """Dataset variants (frequency flip, low-pass), their declared value ranges, input checks and the
 normalisation statistics a model trained on them uses.
 
-A variant transforms the whole train and test tensors once. Each variant is a linear map applied
+A variant transforms the whole train and test tensors once (image sets decoded per batch, such as
+ImageNet, are transformed and checked batch by batch). Each variant is a linear map applied
 per channel, ``Y = A_H X A_Wᵀ``; for inputs in [0, 1] its outputs lie in an exactly computable box,
 which becomes the variant's declared range: data outside it is refused.
 """
@@ -9,11 +10,13 @@ which becomes the variant's declared range: data outside it is refused.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from boundary_cli.data.images import ImageData
+from boundary_cli.data.lazy import is_lazy
 from boundary_cli.errors import BoundaryError
 from boundary_cli.geometry.dct import dct_flip, dct_matrix, low_pass
 
@@ -93,16 +96,28 @@ def apply_variant(data: ImageData, variant: str, bandwidth: int | None = None, m
     """
     h, w = data.image_size
     check_variant(variant, bandwidth, mode, min(h, w))
-    for split, x in (("train", data.train_x), ("test", data.test_x)):
-        check_values(x, (0.0, 1.0), f"the {data.name} {split} set")
-    if variant == "none":
-        return data
     bw = bandwidth or min(h, w) // 2
     if variant == "flip":
         fn = dct_flip
     else:
         def fn(t: Tensor) -> Tensor:
             return low_pass(t, bw, mode)
+    if is_lazy(data.test_x):  # decoded per batch: the variant and the checks run on every batch
+        value_range = (0.0, 1.0) if variant == "none" else declared_range(variant, h, w, bw, mode)
+        raw_check = partial(check_values, value_range=(0.0, 1.0), what=f"a batch of {data.name} test images")
+        if variant == "none":
+            test_x = replace(data.test_x, check=raw_check)
+        else:
+            def transform(t: Tensor) -> Tensor:
+                raw_check(t)
+                return fn(t)
+            test_x = data.test_x.with_transform(transform, partial(
+                check_values, value_range=value_range, what=f"a batch of {data.name} test images ({variant})"))
+        return replace(data, test_x=test_x, variant=variant, value_range=value_range)
+    for split, x in (("train", data.train_x), ("test", data.test_x)):
+        check_values(x, (0.0, 1.0), f"the {data.name} {split} set")
+    if variant == "none":
+        return data
     out = replace(data, train_x=fn(data.train_x), test_x=fn(data.test_x), variant=variant,
                   value_range=declared_range(variant, h, w, bw, mode))
     for split, x in (("train", out.train_x), ("test", out.test_x)):
@@ -117,7 +132,8 @@ def normalization_stats(data: ImageData, mean: list[float] | None, std: list[flo
     are for ``none``; for ``flip`` the mean becomes the flipped constant image ``dct_flip(mean)``
     with std unchanged, exactly the flip of normalised data (hold-me-tight's flipped layer); for
     ``low_pass`` they are recomputed. Otherwise: per-channel mean/std of the processed training
-    tensor.
+    tensor; a dataset without training images (decoded per batch, e.g. ImageNet val) uses the
+    configured ones as given.
     """
     c, h, w = data.channels, *data.image_size
     if mean is not None and std is not None and data.variant in ("none", "flip"):
@@ -130,4 +146,9 @@ def normalization_stats(data: ImageData, mean: list[float] | None, std: list[flo
             m = dct_flip(m.view(c, 1, 1).expand(c, h, w).contiguous())
         return m, s
     x = data.train_x
+    if x.shape[0] == 0:
+        if mean is None or std is None:
+            raise BoundaryError(f"{data.name} has no training images to take normalisation statistics from; "
+                                f"set dataset.mean and dataset.std (one value per channel)")
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
     return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.shards import shard_chunks, shard_of
 from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
 from boundary_cli.geometry.deepfool import (
     VJP_METHODS,
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 1  # bump when the meaning of stored chunks changes
 N_EXAMPLES = 6
+SYNC_EVERY_CUDA = 4  # experiment.deepfool.sync_every=auto on a GPU (on CPU a sync costs nothing: 1)
+LAZY_DATA = True  # works on image sets decoded per batch (ImageNet)
+SHARDS = True  # honours shard.index / shard.count
 
 
 def validate(cfg: DictConfig) -> None:
@@ -52,6 +58,11 @@ def validate(cfg: DictConfig) -> None:
     if positive_int(df.candidates, "experiment.deepfool.candidates") < 2:
         raise BoundaryError("experiment.deepfool.candidates must be at least 2")
     positive_int(df.max_iter, "experiment.deepfool.max_iter")
+    if df.sync_every != "auto":
+        positive_int(df.sync_every, "experiment.deepfool.sync_every (or 'auto')")
+    gb = df.max_memory_gb
+    if gb != "auto" and (isinstance(gb, bool) or not isinstance(gb, (int, float)) or gb <= 0):
+        raise BoundaryError(f"experiment.deepfool.max_memory_gb must be a number > 0 (GiB) or 'auto', got {gb!r}")
     if not isinstance(df.overshoot, (int, float)) or df.overshoot < 0:
         raise BoundaryError(f"experiment.deepfool.overshoot must be a number >= 0, got {df.overshoot!r}")
     positive_int(e.subspaces.block, "experiment.subspaces.block")
@@ -60,12 +71,27 @@ def validate(cfg: DictConfig) -> None:
         raise BoundaryError(f"experiment.sample_seed must be an integer >= 0, got {e.sample_seed!r}")
 
 
-def select_samples(n_test: int, n_samples: int | str, seed: int, eligible: Tensor | None = None) -> Tensor:
+def select_samples(n_test: int, n_samples: int | str, seed: int,
+                   eligible: Tensor | Callable[[Tensor], Tensor] | None = None, block: int = 1024) -> Tensor:
     """Test-set indices to measure, sorted: the first ``n_samples`` of a seeded permutation
-    (skipping non-eligible ones), so every variant, model and training seed sees the same samples."""
+    (skipping non-eligible ones), so every variant, model and training seed sees the same samples.
+
+    ``eligible`` is a (n_test,) bool mask, or a function from (k,) indices to a (k,) bool mask that is
+    asked in permutation order, ``block`` indices at a time, only until enough are found (so a set
+    decoded per batch, like ImageNet, is not predicted whole for 100 samples).
+    """
     order = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))
-    if eligible is not None:
+    if isinstance(eligible, Tensor):
         order = order[eligible[order]]
+    elif eligible is not None:
+        kept, found = [], 0
+        for part in order.split(block):
+            if n_samples != "all" and found >= n_samples:
+                break
+            ok = part[eligible(part)]
+            kept.append(ok)
+            found += ok.numel()
+        order = torch.cat(kept) if kept else order[:0]
     if n_samples == "all":
         return order.sort().values
     if n_samples > len(order):
@@ -84,22 +110,29 @@ def _subspace_table(blocks: list[DCTBlock], include_full: bool, c: int, n: int) 
 RESULT_KEYS = ("margin", "margin_linf", "iterations", "converged", "prediction", "adv_label")
 
 
-def _measure(ctx: RunContext, idx: Tensor, blocks: list[DCTBlock], include_full: bool, params: dict[str, Any],
-             batch_rows: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """DeepFool for test samples ``idx`` in every space, chunk by chunk, reusing cached chunks.
+def _measure(ctx: RunContext, chunks: list[Tensor], blocks: list[DCTBlock], include_full: bool,
+             params: dict[str, Any], batch_rows: int, sync_every: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """DeepFool for the test samples in ``chunks`` in every space, chunk by chunk, reusing cached chunks.
 
-    Returns the RESULT_KEYS arrays, each (S, N), and the cost statistics for run.json.
+    The next chunk's images are read (decoded, for sets like ImageNet) in a background thread while
+    the current one is measured. Returns the RESULT_KEYS arrays, each (S, N), and the cost
+    statistics for run.json.
     """
     e, data = ctx.cfg.experiment, ctx.data
     n_spaces = len(blocks) + int(include_full)
     parts: dict[str, list[Tensor]] = {k: [] for k in RESULT_KEYS}
     n_fwd = n_bwd = reused = computed = 0
     compute_s = 0.0
-    chunks = torch.split(idx, int(e.chunk_size))
-    with tqdm(total=len(idx) * n_spaces, desc="margins", unit="row",
-              disable=None if ctx.progress is None else not ctx.progress) as bar:
-        for chunk in chunks:
-            x = data.test_x[chunk].to(ctx.device)
+    total_rows = sum(len(c) for c in chunks) * n_spaces
+    start = time.perf_counter()
+    with tqdm(total=total_rows, desc="margins", unit="row",
+              disable=None if ctx.progress is None else not ctx.progress) as bar, \
+            ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(data.test_x.__getitem__, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            x = pending.result().to(ctx.device)
+            if i + 1 < len(chunks):
+                pending = reader.submit(data.test_x.__getitem__, chunks[i + 1])
             key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
                                    blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
                                    device=ctx.device.type, torch=torch.__version__, **params))
@@ -109,10 +142,12 @@ def _measure(ctx: RunContext, idx: Tensor, blocks: list[DCTBlock], include_full:
                 reused += 1
                 bar.update(x.shape[0] * n_spaces)
             else:
-                start = time.perf_counter()
+                t0 = time.perf_counter()
                 res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
-                                         vjp=e.vjp, progress=bar.update, **params)
-                compute_s += time.perf_counter() - start
+                                         vjp=e.vjp, progress=bar.update, sync_every=sync_every, **params)
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)
+                compute_s += time.perf_counter() - t0
                 n_fwd, n_bwd, computed = n_fwd + res.n_forward, n_bwd + res.n_backward, computed + x.shape[0]
                 got = {k: getattr(res, k).cpu() for k in RESULT_KEYS}
                 ctx.chunks.put(key, got)
@@ -120,11 +155,17 @@ def _measure(ctx: RunContext, idx: Tensor, blocks: list[DCTBlock], include_full:
                 parts[k].append(got[k])
             if bar.disable:  # no terminal (SLURM logs, pipes): a line per chunk instead of the bar
                 done = sum(p.shape[1] for p in parts["margin"]) * n_spaces
-                log.info("chunk %d/%d %s: %d of %d rows done", len(parts["margin"]), len(chunks),
-                         "reused from the cache" if was_reused else "computed", done, len(idx) * n_spaces)
+                elapsed = time.perf_counter() - start
+                eta = elapsed / done * (total_rows - done) if done else float("nan")
+                log.info("chunk %d/%d %s: %d of %d rows done, %.0f s elapsed, ETA %.0f s", i + 1, len(chunks),
+                         "reused from the cache" if was_reused else "computed", done, total_rows, elapsed, eta)
     stats = dict(n_forward=int(n_fwd), n_backward=int(n_bwd), chunks_total=len(chunks), chunks_reused=reused,
                  margin_time_s=round(compute_s, 3),
                  samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None)
+    empty = {k: np.empty((n_spaces, 0), dtype=np.float32 if k.startswith("margin") else np.int64) for k in RESULT_KEYS}
+    empty["converged"] = empty["converged"].astype(bool)
+    if not parts["margin"]:
+        return empty, stats
     return {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}, stats
 
 
@@ -144,18 +185,34 @@ def run(ctx: RunContext) -> ExperimentOutput:
 
     eligible = None
     if e.only_correct:
-        eligible = predict(ctx.model, data.test_x, device=ctx.device).argmax(1) == data.test_y
-    idx = select_samples(len(data.test_y), e.n_samples, e.sample_seed, eligible)
+        def eligible(ids: Tensor) -> Tensor:
+            return predict(ctx.model, data.test_x[ids], device=ctx.device).argmax(1) == data.test_y[ids]
+    chosen = select_samples(len(data.test_y), e.n_samples, e.sample_seed, eligible)
+    shard_index, shard_count = shard_of(ctx.cfg)
+    chunks = shard_chunks(chosen, int(e.chunk_size), shard_index, shard_count)
+    idx = torch.cat(chunks) if chunks else chosen[:0]
+    if shard_count > 1:
+        log.info("shard %d of %d: %d of the %d chosen samples (%d chunks)", shard_index, shard_count, len(idx),
+                 len(chosen), len(chunks))
+        if not chunks:
+            log.warning("shard %d of %d has no samples: %d samples make only %d chunks of %d; lower "
+                        "experiment.chunk_size or shard.count", shard_index, shard_count, len(chosen),
+                        -(-len(chosen) // int(e.chunk_size)), int(e.chunk_size))
     kc = min(e.deepfool.candidates, data.num_classes)
     clip = tuple(data.value_range) if e.deepfool.clip else None
-    batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, ctx.memory_budget)
+    budget = (ctx.memory_budget if e.deepfool.max_memory_gb == "auto"
+              else int(float(e.deepfool.max_memory_gb) * 2**30))
+    batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, budget)
                   if e.batch_rows == "auto" else int(e.batch_rows))
+    sync_every = (SYNC_EVERY_CUDA if ctx.device.type == "cuda" else 1) if e.deepfool.sync_every == "auto" \
+        else int(e.deepfool.sync_every)
     params = dict(candidates=int(e.deepfool.candidates), overshoot=float(e.deepfool.overshoot),
                   max_iter=int(e.deepfool.max_iter), clip=clip)
-    log.info("margin: %d samples x %d subspaces (%s), %d rows per batch on %s", len(idx), len(spaces),
-             ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""), batch_rows, ctx.device)
+    log.info("margin: %d samples x %d subspaces (%s), %d rows per batch, host sync every %d iteration(s) on %s",
+             len(idx), len(spaces), ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""),
+             batch_rows, sync_every, ctx.device)
 
-    res, stats = _measure(ctx, idx, blocks, include_full, params, batch_rows)
+    res, stats = _measure(ctx, chunks, blocks, include_full, params, batch_rows, sync_every)
     n_s, n = res["margin"].shape
     labels = data.test_y[idx].numpy()
     table = pd.DataFrame({
@@ -173,19 +230,25 @@ def run(ctx: RunContext) -> ExperimentOutput:
     })
     summary = summarize_margins(table)
     title = f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}"
-    raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
-    bw = ctx.cfg.dataset.low_pass.bandwidth or w // 2
-    examples = {"as given": raw, "flip": dct_flip(raw),
-                f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
-    stats.update(n_samples=int(n), n_subspaces=int(n_s), batch_rows=batch_rows, candidates=kc,
-                 mean_iterations=float(res["iterations"].mean()))
+    figures = {}
+    if n:
+        raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
+        bw = ctx.cfg.dataset.low_pass.bandwidth or w // 2
+        examples = {"as given": raw, "flip": dct_flip(raw),
+                    f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
+        figures = {"margins": margins_figure(table, summary, title),
+                   "examples": examples_figure(examples, f"{data.name} test images (this run: {data.variant})")}
+    stats.update(n_samples=int(n), n_samples_chosen=len(chosen), n_subspaces=int(n_s), batch_rows=batch_rows,
+                 sync_every=sync_every, memory_budget_gb=round(budget / 2**30, 3), candidates=kc,
+                 shard=dict(index=shard_index, count=shard_count),
+                 mean_iterations=float(res["iterations"].mean()) if n else None,
+                 accuracy_measured=float(table["correct"].mean()) if n else None)
     for _, row in summary.iterrows():
         log.info("%-8s median margin %.4g  [%.4g, %.4g]  converged %.0f%%", row["subspace"], row["median"],
                  row["median_ci_low"], row["median_ci_high"], 100 * row["share_converged"])
     return ExperimentOutput(
         tables={"margins": table, "summary": summary},
         arrays={"margins": res["margin"].astype(np.float32)},
-        figures={"margins": margins_figure(table, summary, title),
-                 "examples": examples_figure(examples, f"{data.name} test images (this run: {data.variant})")},
+        figures=figures,
         stats=stats,
     )

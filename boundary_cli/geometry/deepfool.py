@@ -12,8 +12,8 @@ also flagged. A projected gradient counts as vanished below ``INVARIANT_RTOL`` t
 Rows are (sample, subspace) pairs. At most ``batch_rows`` are in flight; a finished row leaves the
 batch and the next pending row takes its place, so the batch stays full until the work runs out.
 Per iteration and row: one forward with gradients, K'-1 vector-Jacobian products (K' candidates)
-and one forward without gradients for the stop test, plus one host sync per iteration to retire
-finished rows.
+and one forward without gradients for the stop test. The only host sync retires finished rows and
+refills the batch, once every ``sync_every`` iterations; in between, finished rows ride along frozen.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def _deepfool_rows(
     keep_perturbation: bool,
     vjp: str,
     progress: Callable[[int], None] | None,
+    sync_every: int = 1,
 ) -> DeepFoolResult:
     """The shared core: DeepFool on rows ``x[row_sample]``. ``row_block`` (R, 2) holds each row's
     DCT block as (offset, size), (0, n) being the full space; None runs every row in full space
@@ -150,14 +151,20 @@ def _deepfool_rows(
     adv_label = torch.zeros(n_rows, dtype=torch.long, device=dev)
     perturbation = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_perturbation else None
 
-    # State of the rows in flight.
+    # State of the rows in flight. A row that is done stays in the batch, frozen (``active`` false),
+    # until the next sync point retires it; flags and label are kept from the iteration it finished.
     idx = torch.empty(0, dtype=torch.long, device=dev)
     xa = x[:0]
     ra = torch.zeros_like(xa)
     it = torch.empty(0, dtype=torch.long, device=dev)
     cand = torch.empty((0, kc), dtype=torch.long, device=dev)
+    active = torch.empty(0, dtype=torch.bool, device=dev)
+    was_flipped = torch.empty(0, dtype=torch.bool, device=dev)
+    was_stuck = torch.empty(0, dtype=torch.bool, device=dev)
+    k_end = torch.empty(0, dtype=torch.long, device=dev)
     blk = None if row_block is None else row_block[:0]
     next_row, n_fwd, n_bwd = 0, 0, 0
+    shape1 = (-1, *([1] * (x.ndim - 1)))
 
     with input_gradients_only(model):
         while next_row < n_rows or idx.numel() > 0:
@@ -171,67 +178,81 @@ def _deepfool_rows(
                 ra = torch.cat([ra, torch.zeros_like(fresh)])
                 it = torch.cat([it, torch.zeros(take, dtype=torch.long, device=dev)])
                 cand = torch.cat([cand, torch.zeros((take, kc), dtype=torch.long, device=dev)])
+                active = torch.cat([active, torch.ones(take, dtype=torch.bool, device=dev)])
+                was_flipped = torch.cat([was_flipped, torch.zeros(take, dtype=torch.bool, device=dev)])
+                was_stuck = torch.cat([was_stuck, torch.zeros(take, dtype=torch.bool, device=dev)])
+                k_end = torch.cat([k_end, torch.zeros(take, dtype=torch.long, device=dev)])
                 if blk is not None:
                     blk = torch.cat([blk, row_block[new]])
                 next_row += take
             n_act = idx.numel()
-
-            xi = xa + ra
-            if clip is not None:
-                xi = xi.clamp(*clip)
-            xi.requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(xi)
-                if take > 0:  # a new row's candidates: top-k of the logits at x itself (r = 0)
-                    cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
-                grads = difference_grads(logits, xi, cand, vjp)
-            sel = logits.detach().gather(1, cand)
-            diffs = (sel[:, 1:] - sel[:, :1]).T.abs()  # (K'-1, A)
-
-            den = grads.flatten(2).norm(dim=2)
-            if blk is not None:
-                coef = masked_dct2(grads, block_indicator(blk[:, 0], blk[:, 1], n_img, dtype=x.dtype))
-                full, den = den, coef.flatten(2).norm(dim=2)
-                # below this the projection is rounding noise: the block is blind to that gradient
-                den = torch.where(den > INVARIANT_RTOL * full, den, 0.0)
-            ratio = torch.nan_to_num(diffs / den, nan=float("inf"))
-            best, jstar = ratio.min(dim=0)
             ar = torch.arange(n_act, device=dev)
-            w = grads[jstar, ar] if blk is None else idct2(coef[jstar, ar])
-            wnorm = den[jstar, ar]
-            stuck = ~(torch.isfinite(best) & (wnorm > 0))
-            scale = torch.where(stuck, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
-            ra = ra + scale.view(-1, *([1] * (x.ndim - 1))) * w
-            if clip is not None:
-                ra = (xa + ra).clamp(*clip) - xa
+            mask = None if blk is None else block_indicator(blk[:, 0], blk[:, 1], n_img, dtype=x.dtype)
 
-            with torch.no_grad():
-                xs = xa + (1.0 + overshoot) * ra
+            for step in range(sync_every):  # no host sync in here
+                xi = xa + ra
                 if clip is not None:
-                    xs = xs.clamp(*clip)
-                k_adv = model(xs).argmax(dim=1)
-            it = it + 1
-            k0 = cand[:, 0]
-            flipped = k_adv != k0
-            done = flipped | (it >= max_iter) | stuck
-            n_fwd += 2 * n_act
-            n_bwd += (kc - 1) * n_act
+                    xi = xi.clamp(*clip)
+                xi.requires_grad_(True)
+                with torch.enable_grad():
+                    logits = model(xi)
+                    if take > 0 and step == 0:  # a new row's candidates: top-k of the logits at x (r = 0)
+                        cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
+                    grads = difference_grads(logits, xi, cand, vjp)
+                sel = logits.detach().gather(1, cand)
+                diffs = (sel[:, 1:] - sel[:, :1]).T.abs()  # (K'-1, A)
 
-            fin = done.nonzero().squeeze(1)  # the one host sync of the iteration
+                den = grads.flatten(2).norm(dim=2)
+                if mask is not None:
+                    coef = masked_dct2(grads, mask)
+                    full, den = den, coef.flatten(2).norm(dim=2)
+                    # below this the projection is rounding noise: the block is blind to that gradient
+                    den = torch.where(den > INVARIANT_RTOL * full, den, 0.0)
+                ratio = torch.nan_to_num(diffs / den, nan=float("inf"))
+                best, jstar = ratio.min(dim=0)
+                w = grads[jstar, ar] if mask is None else idct2(coef[jstar, ar])
+                wnorm = den[jstar, ar]
+                stuck = ~(torch.isfinite(best) & (wnorm > 0))
+                scale = torch.where(stuck | ~active, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
+                ra = ra + scale.view(shape1) * w
+                if clip is not None:
+                    ra = (xa + ra).clamp(*clip) - xa
+
+                with torch.no_grad():
+                    xs = xa + (1.0 + overshoot) * ra
+                    if clip is not None:
+                        xs = xs.clamp(*clip)
+                    k_adv = model(xs).argmax(dim=1)
+                it = it + active.long()
+                flipped = k_adv != cand[:, 0]
+                newly = active & (flipped | (it >= max_iter) | stuck)
+                was_flipped = torch.where(newly, flipped, was_flipped)
+                was_stuck = torch.where(newly, stuck, was_stuck)
+                k_end = torch.where(newly, k_adv, k_end)
+                active = active & ~newly
+                n_fwd += 2 * n_act
+                n_bwd += (kc - 1) * n_act
+
+            fin = (~active).nonzero().squeeze(1)  # the one host sync per sync_every iterations
             if fin.numel() == 0:
                 continue
             g = idx[fin]
-            delta = xs[fin] - xa[fin]
-            margin[g] = torch.where(stuck[fin], inf, delta.flatten(1).norm(dim=1))
-            margin_linf[g] = torch.where(stuck[fin], inf, delta.flatten(1).abs().amax(dim=1))
+            xs_fin = xa[fin] + (1.0 + overshoot) * ra[fin]
+            if clip is not None:
+                xs_fin = xs_fin.clamp(*clip)
+            delta = xs_fin - xa[fin]
+            st = was_stuck[fin]
+            margin[g] = torch.where(st, inf, delta.flatten(1).norm(dim=1))
+            margin_linf[g] = torch.where(st, inf, delta.flatten(1).abs().amax(dim=1))
             iterations[g] = it[fin]
-            converged[g] = flipped[fin]
-            prediction[g] = k0[fin]
-            adv_label[g] = k_adv[fin]
+            converged[g] = was_flipped[fin]
+            prediction[g] = cand[fin, 0]
+            adv_label[g] = k_end[fin]
             if perturbation is not None:
-                perturbation[g] = torch.where(stuck[fin].view(-1, *([1] * (x.ndim - 1))), inf, delta)
-            keep = (~done).nonzero().squeeze(1)
+                perturbation[g] = torch.where(st.view(shape1), inf, delta)
+            keep = active.nonzero().squeeze(1)
             idx, xa, ra, it, cand = idx[keep], xa[keep], ra[keep], it[keep], cand[keep]
+            active, was_flipped, was_stuck, k_end = active[keep], was_flipped[keep], was_stuck[keep], k_end[keep]
             if blk is not None:
                 blk = blk[keep]
             if progress is not None:
@@ -241,11 +262,11 @@ def _deepfool_rows(
                           n_fwd, n_bwd)
 
 
-def _check(x: Tensor, candidates: int, overshoot: float, max_iter: int, batch_rows: int) -> None:
+def _check(x: Tensor, candidates: int, overshoot: float, max_iter: int, batch_rows: int, sync_every: int) -> None:
     if x.ndim != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-    if candidates < 2 or max_iter < 1 or batch_rows < 1 or overshoot < 0:
-        raise ValueError("need candidates >= 2, max_iter >= 1, batch_rows >= 1 and overshoot >= 0")
+    if candidates < 2 or max_iter < 1 or batch_rows < 1 or overshoot < 0 or sync_every < 1:
+        raise ValueError("need candidates >= 2, max_iter >= 1, batch_rows >= 1, sync_every >= 1 and overshoot >= 0")
 
 
 def deepfool(
@@ -261,6 +282,7 @@ def deepfool(
     keep_perturbation: bool = True,
     vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
+    sync_every: int = 1,
 ) -> DeepFoolResult:
     """Minimal L2 perturbation that changes the model's label, per sample, by DeepFool.
 
@@ -278,16 +300,19 @@ def deepfool(
         keep_perturbation: return the (B, C, H, W) perturbations (else None).
         vjp: how the K'-1 input gradients are taken, see :func:`difference_grads`.
         progress: called with the number of rows that just finished.
+        sync_every: iterations between the host syncs that retire finished rows and refill the
+            batch; in between, finished rows stay frozen in the batch (their compute is wasted, and
+            counted), so the GPU never waits for the host. 1 retires rows after every iteration.
 
     Returns:
         :class:`DeepFoolResult` with leading shape (B,).
     """
-    _check(x, candidates, overshoot, max_iter, batch_rows)
+    _check(x, candidates, overshoot, max_iter, batch_rows, sync_every)
     rows = torch.arange(x.shape[0], device=x.device)
     blocks = None if subspace is None else _block_table([subspace], x).expand(len(rows), 2)
     return _deepfool_rows(model, x, rows, blocks, candidates=candidates, overshoot=overshoot,
                           max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
+                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every)
 
 
 def deepfool_subspaces(
@@ -304,6 +329,7 @@ def deepfool_subspaces(
     keep_perturbation: bool = False,
     vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
+    sync_every: int = 1,
 ) -> DeepFoolResult:
     """DeepFool for every sample in the full space and in each DCT block, batched over all pairs.
 
@@ -314,7 +340,7 @@ def deepfool_subspaces(
         :class:`DeepFoolResult` with leading shape (S, B): S = ``len(blocks)`` plus one when
         ``include_full`` (row 0 is then the full space), B = samples.
     """
-    _check(x, candidates, overshoot, max_iter, batch_rows)
+    _check(x, candidates, overshoot, max_iter, batch_rows, sync_every)
     n = x.shape[0]
     table = _block_table(list(blocks), x)
     if include_full:
@@ -324,7 +350,7 @@ def deepfool_subspaces(
     samples = torch.arange(n, device=x.device).repeat(table.shape[0])
     res = _deepfool_rows(model, x, samples, table.repeat_interleave(n, dim=0), candidates=candidates,
                          overshoot=overshoot, max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress)
+                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every)
     for f in fields(DeepFoolResult):
         v = getattr(res, f.name)
         if isinstance(v, Tensor):

@@ -1,4 +1,5 @@
-"""Load a saved state dict (hold-me-tight / kuangliu layouts) into a bare network, with one-line errors."""
+"""Load a saved state dict (hold-me-tight / kuangliu / torchvision / robustness-library layouts) into a bare network,
+with one-line errors."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ from torch import Tensor, nn
 from boundary_cli.errors import BoundaryError
 
 WRAPPER_KEYS = ("net", "state_dict", "model")
+ROBUSTNESS_DROPPED = ("attacker.", "normalizer.")  # the attacker's copy of the net, the normaliser's mean/std
 MAX_LISTED = 8
 
 
 def load_weights(net: nn.Module, path: str | Path, arch: str | None = None) -> None:
     """Copy the weights stored at ``path`` into ``net`` (the bare architecture, not the Classifier), strictly.
 
-    Accepts a plain state dict, one wrapped under "net", "state_dict" or "model" (kuangliu saves
-    ``{"net": sd, "acc": ..., "epoch": ...}``), keys prefixed "module." (DataParallel) and a full Classifier
-    state dict ("normalize.*" ignored, "net." stripped). Every tensor must match the model's key and shape;
-    only BatchNorm ``num_batches_tracked`` counters (absent from checkpoints of PyTorch < 0.4.1, unused in eval
-    mode) may be missing. ``arch`` names the model in error messages (default: the class name). Raises
-    BoundaryError with a one-line message when the file is missing, unreadable, not a state dict, or does not fit.
+    Accepts a plain state dict (hold-me-tight, torchvision), one wrapped under "net", "state_dict" or "model"
+    (kuangliu saves ``{"net": sd, "acc": ..., "epoch": ...}``; a wrapper holding tensors wins over one that does
+    not), keys prefixed "module." (DataParallel), a full Classifier state dict ("normalize.*" ignored, "net."
+    stripped) and a MadryLab robustness-library checkpoint (``{"model": sd, "optimizer": ..., "epoch": ...}`` with
+    keys "module.model.*" kept and stripped, and "module.attacker.*" and "module.normalizer.*" dropped: the
+    Classifier's Normalize layer normalises). Every tensor must match the model's key and shape; only BatchNorm
+    ``num_batches_tracked`` counters (absent from checkpoints of PyTorch < 0.4.1, unused in eval mode) may be
+    missing. ``arch`` names the model in error messages (default: the class name). Raises BoundaryError with a
+    one-line message when the file is missing, unreadable, not a state dict, or does not fit.
     """
     arch = arch or type(net).__name__
     path = Path(path)
@@ -50,7 +55,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         with warnings.catch_warnings():  # a corrupt file can make the unpickler warn before it fails
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for a bad file (UnpicklingError, EOFError, ...)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file (UnpicklingError, EOFError, ...)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found:
             raise BoundaryError(
@@ -65,10 +70,10 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         ) from None
     for _ in range(3):  # unwrap e.g. {"net": sd, "acc": ...}, possibly nested
         if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is None:
+            inner = [obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+            if not inner:
                 break
-            obj = inner
+            obj = next((m for m in inner if _is_tensor_dict(m)), inner[0])
     if not isinstance(obj, Mapping):
         raise BoundaryError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     if not obj:
@@ -92,6 +97,9 @@ def _adapt_keys(state: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
     is_classifier = any(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in own_keys)
     if is_classifier:
         state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    is_robustness = any(k.startswith("model.") for k in state) and not any(k.startswith("model.") for k in own_keys)
+    if is_robustness:  # other keys stay, to be reported as unexpected
+        state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith(ROBUSTNESS_DROPPED)}
     return state
 
 

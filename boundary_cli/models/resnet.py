@@ -1,7 +1,13 @@
-"""ResNet18 with the CIFAR stem (kuangliu pytorch-cifar) or the ImageNet stem (hold-me-tight's MNIST ResNet18)."""
+"""ResNet18 with the CIFAR stem (kuangliu pytorch-cifar) or the ImageNet stem (hold-me-tight's MNIST ResNet18),
+and torchvision's ResNet-50 (hold-me-tight's ImageNet model; robustness-library checkpoints use its keys)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+from urllib.parse import urlparse
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
@@ -10,6 +16,7 @@ from boundary_cli.errors import BoundaryError
 from boundary_cli.models.inputs import check_size
 
 MIN_SIZE = 8
+RESNET50_MIN_SIZE = 32  # five stride-2 steps take 32x32 to 1x1 at layer4; below that the stem pads more than it sees
 STEMS = ("cifar", "imagenet")
 
 
@@ -101,3 +108,53 @@ def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], st
     if stem == "cifar":
         return CifarResNet18(in_channels, num_classes)
     return ImageNetResNet18(in_channels, num_classes)
+
+
+class ImageNetResNet50(tv_resnet.ResNet):
+    """torchvision's ResNet-50 (Bottleneck x [3, 4, 6, 3], same state-dict keys), with ``conv1`` a 7x7 stride-2
+    conv on ``in_channels`` when that is not 3; x (B, C, H, W) -> logits (B, num_classes).
+
+    ``tap_layers``: the four residual stages, (B, 256, H/4, W/4) to (B, 2048, H/32, W/32) (sizes rounded up),
+    post-ReLU.
+    """
+
+    tap_layers = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(tv_resnet.Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+        if in_channels != 3:
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+
+def resnet50(in_channels: int, num_classes: int, image_size: tuple[int, int], pretrained: bool = False) -> nn.Module:
+    """Build torchvision's ResNet-50 for images (B, in_channels, H, W) with H, W >= 32, giving logits
+    (B, num_classes); keys as torchvision's (conv1, bn1, layer1..4 with downsample, fc), so torchvision,
+    hold-me-tight and robustness-library state dicts load. ``pretrained=True`` loads torchvision's
+    ``ResNet50_Weights.IMAGENET1K_V1`` (hold-me-tight's ``resnet50(pretrained=True)``) from
+    ``$TORCH_HOME/hub/checkpoints``, downloading it when absent; it needs 3 channels and 1000 classes.
+    Raises BoundaryError for small images, a pretrained net of another shape, or weights that cannot be had.
+    """
+    check_size("resnet50", image_size, minimum=RESNET50_MIN_SIZE)
+    if pretrained and (in_channels, num_classes) != (3, 1000):
+        raise BoundaryError(
+            f"model resnet50 with pretrained=true is the ImageNet net (3 channels, 1000 classes), but the dataset "
+            f"has {in_channels} channel(s) and {num_classes} classes; set model.arch.pretrained=false"
+        )
+    net = ImageNetResNet50(in_channels, num_classes)
+    if pretrained:
+        net.load_state_dict(_imagenet_weights())
+    return net
+
+
+def _imagenet_weights() -> dict[str, torch.Tensor]:
+    weights = tv_resnet.ResNet50_Weights.IMAGENET1K_V1
+    expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # URLError is an OSError
+        detail = " ".join(str(exc).split())[:160]
+        raise BoundaryError(
+            f"cannot load the pretrained ResNet-50 weights ({type(exc).__name__}: {detail}); they are expected at "
+            f"{expected} (downloaded from {weights.url} when absent); copy the file there, or pass a state dict "
+            f"with model.checkpoint=PATH and model.arch.pretrained=false"
+        ) from None

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from boundary_cli.errors import BoundaryError
-from boundary_cli.reporting.files import write_csv, write_figure
-from boundary_cli.reporting.plots import comparison_figure
+from boundary_cli.reporting.files import write_csv, write_figure, write_npy
+from boundary_cli.reporting.plots import comparison_figure, margins_figure
+from boundary_cli.reporting.summary import summarize_margins
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,72 @@ def _experiment_tables(root: Path, out: Path) -> list[Path]:
     return written
 
 
+SHARD_TOKEN = re.compile(r"^\+*shard\.(index|count)=")
+
+
+def _shard(run_dir: Path) -> tuple[int, int]:
+    """(index, count) of the run in ``run_dir`` from its run.json; (0, 1) when not sharded."""
+    try:
+        shard = json.loads((run_dir / "run.json").read_text()).get("shard") or {}
+    except (OSError, ValueError):
+        return 0, 1
+    return int(shard.get("index", 0)), int(shard.get("count", 1))
+
+
+def strip_shard(overrides: str) -> str:
+    """``overrides`` without its ``shard.index=`` / ``shard.count=`` tokens."""
+    return " ".join(t for t in str(overrides).split() if not SHARD_TOKEN.match(t))
+
+
+def _shard_group(run_dir: Path, count: int) -> tuple:
+    """What the shards of one run share: their identity without the shard overrides, and the count."""
+    identity = json.loads((run_dir / "run.json").read_text()).get("identity", {})
+    identity = dict(identity, overrides=strip_shard(identity.get("overrides", "")))
+    return (tuple(sorted((k, str(v)) for k, v in identity.items())), count)
+
+
+def _merge_shards(group: tuple, shards: dict[int, tuple[str, pd.DataFrame]], out: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """Concatenate the margins of one run's shards in the order an unsharded run writes them
+    (subspace by subspace, samples ascending), summarise them again, and write margins.csv,
+    summary.csv, margins.npy and margins.png into ``out/shards/<name>/``. Returns (run, margins, summary)."""
+    count = group[1]
+    identity = dict(group[0])
+    tables = [shards[i][1] for i in sorted(shards)]
+    tables = [t for t in tables if len(t)] or tables[:1]  # empty shards (more shards than chunks) add nothing
+    order = next((list(dict.fromkeys(t["subspace"])) for t in tables if len(t)), [])
+    merged = pd.concat(tables, ignore_index=True)
+    if "overrides" in merged:
+        merged["overrides"] = merged["overrides"].map(strip_shard)
+    merged = merged.assign(_s=merged["subspace"].map({name: i for i, name in enumerate(order)}))
+    merged = merged.sort_values(["_s", "sample_index"], kind="stable").drop(columns="_s").reset_index(drop=True)
+    missing = sorted(set(range(count)) - set(shards))
+    name = re.sub(r"[^\w.=,-]+", "_", identity.get("overrides", "")).strip("_")[:100] or "run"
+    folder = out / "shards" / name
+    run = f"{folder.relative_to(out.parent)}"
+    if missing:
+        log.warning("%s: shards %s of %d missing; merged the %d found", name, missing, count, len(shards))
+        run += f" (incomplete: {len(shards)} of {count} shards)"
+    summary = summarize_margins(merged)
+    write_csv(folder / "margins.csv", merged)
+    write_csv(folder / "summary.csv", summary)
+    if len(merged):
+        n = merged["sample_index"].nunique()
+        write_npy(folder / "margins.npy", merged["margin_l2"].to_numpy(dtype="float32").reshape(len(order), n))
+        title = (f"{identity.get('dataset')} ({identity.get('variant')}), {identity.get('model')}, "
+                 f"{identity.get('training')} seed {identity.get('seed')}: {len(shards)} of {count} shards merged")
+        write_figure(folder / "margins.png", margins_figure(merged, summary, title))
+    log.info("merged %d shards into %s", len(shards), folder)
+    return run, merged, summary
+
+
 def build_report(sweep_dir: str | Path) -> Path:
     """Merge the results of every run found under ``sweep_dir`` (any depth) into ``<sweep_dir>/report/``.
 
     Margin runs: ``margins.csv`` and ``summary.csv`` concatenated into ``report/margins.csv`` and
     ``report/summary.csv``, each row tagged with its ``run`` folder and a ``label``, and
-    ``report/margins.png``: the median margin along frequency, one line per run. Runs of the flip
+    ``report/margins.png``: the median margin along frequency, one line per run. The shards of a
+    sharded run (``shard.count`` > 1) are merged first into ``report/shards/<overrides>/`` (margins.csv,
+    summary.csv, margins.npy, margins.png: what the unsharded run writes) and count as one run. Runs of the flip
     and lcr experiments: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged the same way.
 
     Returns the report folder. Raises BoundaryError when no run results are found.
@@ -102,6 +164,7 @@ def build_report(sweep_dir: str | Path) -> Path:
     out = root / REPORT_DIR
     others = _experiment_tables(root, out)
     margins, summaries = [], []
+    sharded: dict[tuple, dict[int, tuple[str, pd.DataFrame]]] = {}
     for csv in sorted(root.rglob("margins.csv"), key=lambda p: str(p)):
         if out in csv.parents:
             continue
@@ -111,8 +174,18 @@ def build_report(sweep_dir: str | Path) -> Path:
             log.warning("skipping %s: no summary.csv next to it (unfinished run?)", run_dir)
             continue
         run = str(run_dir.relative_to(root)) or "."
-        m, s = _read(csv), _read(summary_csv)
+        m = _read(csv)
+        index, count = _shard(run_dir)
+        if count > 1:
+            sharded.setdefault(_shard_group(run_dir, count), {})[index] = (run, m)
+            continue
+        s = _read(summary_csv)
         label = _label(run, s)
+        margins.append(m.assign(run=run, label=label))
+        summaries.append(s.assign(run=run, label=label))
+    for group, shards in sharded.items():
+        run, m, s = _merge_shards(group, shards, out)
+        label = _label(run, s) if len(s) else run
         margins.append(m.assign(run=run, label=label))
         summaries.append(s.assign(run=run, label=label))
     if not margins:

@@ -8,6 +8,7 @@ from scipy.stats import bootstrap
 
 IDENTITY = ["dataset", "variant", "model", "training", "seed", "overrides"]
 SUBSPACE = ["subspace", "offset", "block", "dim"]
+STATISTICS = ("n", "median", "q25", "q75", "median_ci_low", "median_ci_high", "share_converged", "share_correct")
 
 
 def median_ci(values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -41,4 +42,4 @@ def summarize_margins(margins: pd.DataFrame) -> pd.DataFrame:
                          median_ci_low=lo, median_ci_high=hi,
                          share_converged=float(group["converged"].mean()),
                          share_correct=float(group["correct"].mean())))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=keys + list(STATISTICS))

@@ -233,7 +233,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
     figures = {}
     if n:
         raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
-        bw = ctx.cfg.dataset.low_pass.bandwidth or w // 2
+        bw = ctx.cfg.dataset.low_pass.bandwidth
+        bw = bw if bw and bw <= w else w // 2  # the figure's low-pass example only
         examples = {"as given": raw, "flip": dct_flip(raw),
                     f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
         figures = {"margins": margins_figure(table, summary, title),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from boundary_cli.data.images import ImageData
@@ -24,7 +24,8 @@ CURVE_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "te
 def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer, *, epochs: int,
                batch_size: int, seed: int, device: torch.device, progress: bool | None,
                lr_at: Callable[[float], float] | None = None, grad_clip: float | None = None,
-               shuffle: bool = True, on_epoch: Callable[[int, nn.Module], None] | None = None) -> pd.DataFrame:
+               shuffle: bool = True, on_epoch: Callable[[int, nn.Module], None] | None = None,
+               perturb: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> pd.DataFrame:
     """Train ``model`` (already on ``device``) with ``optimizer`` on data.train_x (N, C, H, W) and
     data.train_y (N,) for ``epochs`` epochs of mini-batches (channels_last), evaluating on the test set
     after each.
@@ -33,9 +34,12 @@ def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimiz
     in file order every epoch. ``lr_at(t)``, when given, sets the learning rate before each step, t
     being the fractional epoch at the step's end. ``grad_clip``: clip the gradient norm to it.
     ``on_epoch(epoch, model)`` runs after each epoch's evaluation (epoch counted from 1, model in eval
-    mode). ``progress``: tqdm bar on/off, None for on when stderr is a terminal; without a bar a log line
-    per epoch. Returns the curve, one row per epoch with columns :data:`CURVE_COLUMNS`; ``lr`` is
-    ``lr_at(epoch)`` or the optimizer's learning rate. The model is left in eval mode.
+    mode). ``perturb(model, xb, yb)``, when given, returns a perturbation (B, C, H, W) that is added
+    to each mini-batch before the training forward (adversarial training; train_loss and
+    train_accuracy are then those of the perturbed batches). ``progress``: tqdm bar on/off, None for
+    on when stderr is a terminal; without a bar a log line per epoch. Returns the curve, one row per
+    epoch with columns :data:`CURVE_COLUMNS`; ``lr`` is ``lr_at(epoch)`` or the optimizer's learning
+    rate. The model is left in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
     x, y = data.train_x, data.train_y
@@ -53,6 +57,8 @@ def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimiz
             idx = order[b * batch_size : (b + 1) * batch_size]
             xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
             yb = y[idx].to(device)
+            if perturb is not None:
+                xb = xb + perturb(model, xb, yb)
             if lr_at is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(epoch + (b + 1) / steps)

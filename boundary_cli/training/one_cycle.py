@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.training.loop import fit_epochs
@@ -51,4 +51,9 @@ class OneCycleSGD:
                               weight_decay=self.weight_decay)
         return fit_epochs(model, data, opt, epochs=self.epochs, batch_size=self.batch_size, seed=seed,
                           device=device, progress=progress, lr_at=self.lr_at, grad_clip=self.grad_clip,
-                          shuffle=True, on_epoch=on_epoch)
+                          shuffle=True, on_epoch=on_epoch, perturb=self.perturbation(data, seed, device))
+
+    def perturbation(self, data: ImageData, seed: int, device: torch.device
+                     ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
+        """What is added to every training batch: nothing here (adversarial recipes override this)."""
+        return None

@@ -167,7 +167,7 @@ def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
     ``model.normalization``: ``dataset`` (the dataset's statistics, see normalization_stats), ``none``
     (the network normalises itself) or explicit ``{mean: [...], std: [...]}``.
     """
-    net = build_network(cfg.model.arch, data.channels, data.num_classes, data.image_size)
+    net = build_network(cfg.model.arch, data.channels, data.num_classes, data.image_size, name=str(cfg.model.name))
     spec = normalization_spec(cfg.model.get("normalization", "dataset"))
     if spec == "dataset":
         mean, std = normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))

@@ -4,6 +4,13 @@ the floor of one DeepFool iteration.
     python scripts/bench_margin.py                                # LeNet, Fashion-MNIST, 500 samples
     python scripts/bench_margin.py --model resnet18 --device cuda # on a GPU
     python scripts/bench_margin.py --subspaces --loop-samples 20  # full space + every DCT block
+    python scripts/bench_margin.py --synthetic --dataset cifar10 --model resnet18 --n 10000 --device cuda
+    python scripts/bench_margin.py --synthetic --dataset imagenet --model resnet50 --n 1000 --device cuda
+
+With ``--synthetic`` nothing is loaded or trained: the model has its random initial weights (seed 0)
+and the inputs are uniform random images of the dataset's shape, so ImageNet-sized figures can be
+taken anywhere. Iteration counts then differ from a trained model's: compare per row-iteration
+(``ms/row-it`` and the floor ratio), and samples/s only together with the mean iterations.
 
 The model comes from boundary's checkpoint store (trained with ``--training`` on first use). For
 each VJP method it reports samples/s, mean iterations, the speed-up over the per-sample loop and the
@@ -24,6 +31,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
+from boundary_cli.data.images import ImageData
 from boundary_cli.data.variants import apply_variant
 from boundary_cli.experiments.margin import select_samples
 from boundary_cli.geometry.dct import diagonal_blocks
@@ -37,6 +45,7 @@ from boundary_cli.geometry.deepfool import (
 )
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
 from boundary_cli.runner import (
+    build_model,
     load_dataset,
     memory_budget,
     obtain_model,
@@ -74,6 +83,27 @@ def bench_setup(args: argparse.Namespace, tune_allocator: bool = True):
     return cfg, device, data, model, info
 
 
+SYNTHETIC_SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
+                    "imagenet": (3, 224, 1000)}
+
+
+def synthetic_setup(args: argparse.Namespace, tune_allocator: bool = True):
+    """Like :func:`bench_setup` without data files or training: random weights (seed 0) and uniform
+    random test images of the dataset's shape. Returns (cfg, device, data, model, info)."""
+    with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+        cfg = compose("config", overrides=[f"dataset={args.dataset}", f"model={args.model}",
+                                           f"device={args.device}", *args.overrides])
+    device = prepare_device(cfg.device, tune_allocator=tune_allocator)
+    c, size, k = SYNTHETIC_SHAPES[args.dataset]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(args.n, c, size, size, generator=gen)
+    y = torch.randint(0, k, (args.n,), generator=gen)
+    data = ImageData(args.dataset, x[:2], y[:2], x, y, [str(i) for i in range(k)])
+    torch.manual_seed(0)
+    model = build_model(cfg, data).to(device).eval()
+    return cfg, device, data, model, dict(test_accuracy=float("nan"), source="random weights")
+
+
 def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.device, reps: int) -> float:
     """Seconds per row of one iteration's unavoidable work on batch x (B, C, H, W)."""
     def step():
@@ -104,16 +134,23 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="repetitions of the floor measurement")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--channels-first", action="store_true", help="keep the model in contiguous (NCHW) memory format")
+    p.add_argument("--synthetic", action="store_true", help="random weights and random images of the dataset's shape")
+    p.add_argument("--vjp", nargs="+", default=list(VJP_METHODS), choices=VJP_METHODS, help="VJP methods to time")
+    p.add_argument("--sync-every", type=int, default=None,
+                   help="iterations between host syncs (default: 4 on CUDA, 1 on CPU, as experiment=margin)")
+    p.add_argument("--candidates", type=int, default=10, help="K', top-k candidate classes")
     p.add_argument("--default-allocator", action="store_true", help="leave glibc's allocator untuned (CPU)")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
     args = p.parse_args()
 
-    cfg, device, data, model, info = bench_setup(args, tune_allocator=not args.default_allocator)
+    setup = synthetic_setup if args.synthetic else bench_setup
+    cfg, device, data, model, info = setup(args, tune_allocator=not args.default_allocator)
+    sync_every = args.sync_every or (4 if device.type == "cuda" else 1)
     if args.channels_first:
         model = model.to(memory_format=torch.contiguous_format)
     idx = select_samples(len(data.test_y), args.n, 0)
     x = data.test_x[idx].to(device)
-    kc = min(10, data.num_classes)
+    kc = min(args.candidates, data.num_classes)
     blocks = diagonal_blocks(data.image_size[0], cfg.dataset.subspaces.block, cfg.dataset.subspaces.step,
                              channels=data.channels) if args.subspaces else []
     n_rows = x.shape[0] * (1 + len(blocks))
@@ -121,30 +158,32 @@ def main() -> None:
     floor_batch = min(n_rows, batch_rows)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.model} on {args.dataset} "
           f"(test accuracy {info['test_accuracy']:.4f}), {x.shape[0]} samples x {1 + len(blocks)} spaces = "
-          f"{n_rows} rows, batch {batch_rows}, K' = {kc}")
+          f"{n_rows} rows, batch {batch_rows}, K' = {kc}, host sync every {sync_every} iteration(s)"
+          f"{', random weights and inputs' if args.synthetic else ''}")
 
     def batched(method: str, keep: bool = False):
+        common = dict(batch_rows=batch_rows, vjp=method, keep_perturbation=keep, candidates=kc, sync_every=sync_every)
         if blocks:
-            return deepfool_subspaces(model, x, blocks, batch_rows=batch_rows, vjp=method, keep_perturbation=keep)
-        return deepfool(model, x, batch_rows=batch_rows, vjp=method, keep_perturbation=keep)
+            return deepfool_subspaces(model, x, blocks, **common)
+        return deepfool(model, x, **common)
 
-    deepfool(model, x[:8], vjp="loop")  # warm-up
+    deepfool(model, x[:8], vjp="loop", candidates=kc)  # warm-up
     results = {}
-    for m in VJP_METHODS:
+    for m in args.vjp:
         res, t = timed(partial(batched, m), device)
-        results[m] = dict(seconds=t, row_iterations=int(res.iterations.sum()),
+        results[m] = dict(seconds=t, row_iterations=int(res.iterations.sum()), computed_rows=res.n_forward // 2,
                           margins=res.margin.reshape(-1, x.shape[0]).cpu())
 
     # The floor, on the points DeepFool iterates on: x in the first iteration, x + r afterwards
     # (represented by the final x + r). Iteration cost depends on where the iterate is.
-    ref = batched("loop", keep=True)
+    ref = batched(args.vjp[0], keep=True)
     pert = ref.perturbation.reshape(-1, *x.shape[1:])
     finite = torch.isfinite(pert.flatten(1)).all(1)
     rows = torch.arange(n_rows, device=device)[finite][:floor_batch]
     at_x = x[rows % x.shape[0]]
     at_r = at_x + pert[rows] / 1.02
     floors = {m: (floor_per_row(model, at_x, kc, m, device, args.reps),
-                  floor_per_row(model, at_r, kc, m, device, args.reps)) for m in VJP_METHODS}
+                  floor_per_row(model, at_r, kc, m, device, args.reps)) for m in args.vjp}
     first = min(f[0] for f in floors.values())
     later = min(f[1] for f in floors.values())
     for m, (f1, f2) in floors.items():
@@ -157,7 +196,7 @@ def main() -> None:
                  per_row_iteration_ms=1e3 * r["seconds"] / it, floor_ms=1e3 * floor,
                  floor_ratio=(r["seconds"] / it) / floor)
 
-    n_loop = min(args.loop_samples or x.shape[0], x.shape[0])
+    n_loop = min(x.shape[0] if args.loop_samples is None else args.loop_samples, x.shape[0])
     bases = [None] + [dense_block_basis(data.image_size[0], data.channels, b).to(device) for b in blocks]
     loop_margins = np.zeros((len(bases), n_loop))
     loop_iters = 0
@@ -171,24 +210,33 @@ def main() -> None:
                 loop_margins[s, i] = float(pert.norm())
                 loop_iters += it
 
-    with input_gradients_only(model):
-        _, t_loop = timed(loop, device)
-    loop_per_sample = t_loop / n_loop
-    print(f"per-sample loop: {n_loop} samples in {t_loop:.2f} s = {1 / loop_per_sample:.1f} samples/s, "
-          f"mean iterations {loop_iters / (n_loop * len(bases)):.2f}")
+    if n_loop:
+        with input_gradients_only(model):
+            _, t_loop = timed(loop, device)
+        loop_per_sample = t_loop / n_loop
+        print(f"per-sample loop: {n_loop} samples in {t_loop:.2f} s = {1 / loop_per_sample:.1f} samples/s, "
+              f"mean iterations {loop_iters / (n_loop * len(bases)):.2f}")
+    else:
+        t_loop = loop_per_sample = float("nan")
     print(f"{'vjp':8s} {'samples/s':>10s} {'iters':>6s} {'ms/row-it':>10s} {'vs loop':>8s} {'floor ratio':>12s} "
           f"{'median rel. diff':>17s}")
     out = dict(device=str(device), threads=torch.get_num_threads(), model=args.model, dataset=args.dataset,
-               samples=int(x.shape[0]), spaces=1 + len(blocks), batch_rows=batch_rows,
+               synthetic=args.synthetic, samples=int(x.shape[0]), spaces=1 + len(blocks), batch_rows=batch_rows,
+               candidates=kc, sync_every=sync_every,
                floor_ms={m: dict(at_x=1e3 * f[0], at_x_plus_r=1e3 * f[1]) for m, f in floors.items()},
-               loop=dict(samples=n_loop, seconds=t_loop, samples_per_s=1 / loop_per_sample), batched={})
+               loop=dict(samples=n_loop, seconds=t_loop, samples_per_s=1 / loop_per_sample if n_loop else None),
+               batched={})
     for m, r in results.items():
         speedup = loop_per_sample / (r["seconds"] / x.shape[0])
         b = r.pop("margins")[:, :n_loop].numpy()
-        rel = float(np.median(np.abs(b - loop_margins) / loop_margins))
+        rel = float(np.median(np.abs(b - loop_margins) / loop_margins)) if n_loop else float("nan")
         print(f"{m:8s} {r['samples_per_s']:10.1f} {r['mean_iterations']:6.2f} {r['per_row_iteration_ms']:10.4f} "
               f"{speedup:7.1f}x {r['floor_ratio']:12.2f} {rel:17.2e}")
-        out["batched"][m] = dict(r, speedup_vs_loop=speedup, median_rel_diff_vs_loop=rel)
+        out["batched"][m] = dict(r, speedup_vs_loop=speedup, median_rel_diff_vs_loop=rel,
+                                 samples_per_s_per_space=r["samples_per_s"] * (1 + len(blocks)))
+    best = min(results.values(), key=lambda r: r["seconds"])
+    print(f"per space: {best['samples_per_s'] * (1 + len(blocks)):.1f} samples/s; rows computed incl. frozen "
+          f"ones waiting for a sync: {best['computed_rows'] / best['row_iterations']:.3f} x the row-iterations")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

@@ -19,24 +19,26 @@ NORMALIZATION_FORMS = ("dataset", "none", "{mean: [...], std: [...]}")
 
 
 def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
-                  image_size: tuple[int, int]) -> nn.Module:
+                  image_size: tuple[int, int], name: str | None = None) -> nn.Module:
     """Instantiate ``arch`` (a node with ``_target_``) as the bare network for images (B, in_channels, H, W),
     (H, W) = ``image_size``, giving logits (B, num_classes).
 
     Each of ``in_channels``, ``num_classes`` and ``image_size`` is passed only when the target's signature names
     that parameter and the node does not set it, so targets taking ``**kwargs`` (``torchvision.models.resnet50``
     with ``num_classes`` set in the node) or only some of them work too. Raises BoundaryError, naming the target,
-    when it cannot be found or called, or does not build an ``nn.Module``.
+    when it cannot be found or called, or does not build an ``nn.Module`` (and ``name``, the model's config
+    name, when given).
     """
     node = arch if isinstance(arch, DictConfig) else OmegaConf.create(dict(arch))
     target = node.get("_target_")
+    what = f"model {name} ({target})" if name else f"model.arch {target}"
     if not target:
         raise BoundaryError("model.arch has no _target_; set model.arch._target_ to a function or class that builds "
                             "the network (e.g. boundary_cli.models.resnet.resnet50)")
     try:
         build = instantiate(node, _partial_=True)  # resolves and authorises the target without calling it
     except InstantiationException as exc:
-        raise BoundaryError(f"could not build model.arch {target}: {_one_line(exc.__cause__ or exc)}") from None
+        raise BoundaryError(f"could not build {what}: {_one_line(exc.__cause__ or exc)}") from None
     data = {"in_channels": in_channels, "num_classes": num_classes, "image_size": tuple(image_size)}
     named = _named_parameters(build.func)
     extra = {k: v for k, v in data.items() if k in named and k not in build.keywords}
@@ -45,7 +47,7 @@ def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
     except BoundaryError:
         raise
     except Exception as exc:  # noqa: BLE001 - the target's own argument checks raise TypeError, ValueError, ...
-        raise BoundaryError(f"could not build model.arch {target}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise BoundaryError(f"could not build {what}: {type(exc).__name__}: {_one_line(exc)}") from None
     if not isinstance(net, nn.Module):
         raise BoundaryError(f"model.arch {target} built a {type(net).__name__}, not a torch.nn.Module; point "
                             f"model.arch._target_ at a function or class that returns the network")

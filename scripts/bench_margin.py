@@ -136,8 +136,7 @@ def main() -> None:
     p.add_argument("--channels-first", action="store_true", help="keep the model in contiguous (NCHW) memory format")
     p.add_argument("--synthetic", action="store_true", help="random weights and random images of the dataset's shape")
     p.add_argument("--vjp", nargs="+", default=list(VJP_METHODS), choices=VJP_METHODS, help="VJP methods to time")
-    p.add_argument("--sync-every", type=int, default=None,
-                   help="iterations between host syncs (default: 4 on CUDA, 1 on CPU, as experiment=margin)")
+    p.add_argument("--sync-every", type=int, default=1, help="iterations between host syncs (as experiment=margin)")
     p.add_argument("--candidates", type=int, default=10, help="K', top-k candidate classes")
     p.add_argument("--default-allocator", action="store_true", help="leave glibc's allocator untuned (CPU)")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
@@ -145,7 +144,7 @@ def main() -> None:
 
     setup = synthetic_setup if args.synthetic else bench_setup
     cfg, device, data, model, info = setup(args, tune_allocator=not args.default_allocator)
-    sync_every = args.sync_every or (4 if device.type == "cuda" else 1)
+    sync_every = args.sync_every
     if args.channels_first:
         model = model.to(memory_format=torch.contiguous_format)
     idx = select_samples(len(data.test_y), args.n, 0)

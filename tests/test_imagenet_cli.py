@@ -54,9 +54,12 @@ def test_flip_variant_runs_per_batch(imagenet, tmp_path):
     boundary("run", "dataset=imagenet", "dataset.variant=flip", "model=resnet50",
              f"model.checkpoint={imagenet / 'robust_resnet50.pt'}", *SMALL, "experiment.n_samples=2",
              "experiment.subspaces.include_full=false", "experiment.deepfool.max_iter=10",
+             "experiment.deepfool.max_memory_gb=0.05", "experiment.deepfool.sync_every=3",
              f"hydra.run.dir={tmp_path / 'flip'}", cwd=tmp_path, env=env)
     m = pd.read_csv(tmp_path / "flip" / "margins.csv")
     assert (m["variant"] == "flip").all() and len(m) == 2 * 4
+    info = json.loads((tmp_path / "flip" / "run.json").read_text())
+    assert info["memory_budget_gb"] == 0.05 and info["sync_every"] == 3 and 1 <= info["batch_rows"] < 8
     assert (tmp_path / "flip" / "examples.png").exists()
 
 

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 1  # bump when the meaning of stored chunks changes
 N_EXAMPLES = 6
-SYNC_EVERY_CUDA = 4  # experiment.deepfool.sync_every=auto on a GPU (on CPU a sync costs nothing: 1)
 LAZY_DATA = True  # works on image sets decoded per batch (ImageNet)
 SHARDS = True  # honours shard.index / shard.count
 
@@ -58,8 +57,7 @@ def validate(cfg: DictConfig) -> None:
     if positive_int(df.candidates, "experiment.deepfool.candidates") < 2:
         raise BoundaryError("experiment.deepfool.candidates must be at least 2")
     positive_int(df.max_iter, "experiment.deepfool.max_iter")
-    if df.sync_every != "auto":
-        positive_int(df.sync_every, "experiment.deepfool.sync_every (or 'auto')")
+    positive_int(df.sync_every, "experiment.deepfool.sync_every")
     gb = df.max_memory_gb
     if gb != "auto" and (isinstance(gb, bool) or not isinstance(gb, (int, float)) or gb <= 0):
         raise BoundaryError(f"experiment.deepfool.max_memory_gb must be a number > 0 (GiB) or 'auto', got {gb!r}")
@@ -204,8 +202,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
               else int(float(e.deepfool.max_memory_gb) * 2**30))
     batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, budget)
                   if e.batch_rows == "auto" else int(e.batch_rows))
-    sync_every = (SYNC_EVERY_CUDA if ctx.device.type == "cuda" else 1) if e.deepfool.sync_every == "auto" \
-        else int(e.deepfool.sync_every)
+    sync_every = int(e.deepfool.sync_every)
     params = dict(candidates=int(e.deepfool.candidates), overshoot=float(e.deepfool.overshoot),
                   max_iter=int(e.deepfool.max_iter), clip=clip)
     log.info("margin: %d samples x %d subspaces (%s), %d rows per batch, host sync every %d iteration(s) on %s",

@@ -222,3 +222,14 @@ def test_adversarial_training_widens_the_margin(tmp_path, digits):
         assert result.converged.all()
         medians[training] = float(result.margin.median())
     assert medians["adversarial"] >= 1.3 * medians["reference"], medians
+
+
+def test_flip_projection_runs_dykstra_on_the_raw_side_with_the_same_result():
+    # dct_flip is orthogonal and keeps the ball: Dykstra in the raw domain equals Dykstra in the flipped one
+    x = edge_images(6, 8, seed=9).double()
+    u = dct_flip(x)
+    delta = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eps = 1.5
+    got = constraint_projection("flip", (-4.0, 4.0), eps, dykstra_iters=30)(delta, u)
+    flipped = dykstra(delta, lambda t: project_l2_ball(t, eps), lambda t: project_flipped_box(t, u), n_iter=30)
+    assert torch.allclose(got, project_l2_ball(flipped, eps), atol=1e-10)

@@ -87,7 +87,8 @@ def constraint_projection(variant: str, value_range: tuple[float, float], eps: f
       convention; not the exact projection onto the intersection, but feasible for both sets).
     * ``flip``: x are flipped images; Dykstra (``dykstra_iters`` iterations) between the ball and the
       flipped box of raw pixels in ``raw_range`` (``value_range``, the flipped data's range, is not
-      used), followed by a radial shrink into the ball. Both sets contain 0, so the shrink keeps
+      used), run in the raw-pixel domain (the same iterates mapped by the orthogonal dct_flip),
+      followed by a radial shrink into the ball. Both sets contain 0, so the shrink keeps
       the box constraint and the result satisfies both exactly even before Dykstra has converged.
     * ``low_pass``: L2 ball, then clip ``x + delta`` to ``value_range``. An approximation: the set of
       low-pass images is a subspace and no box, so the adversarial image may leave it.
@@ -102,11 +103,13 @@ def constraint_projection(variant: str, value_range: tuple[float, float], eps: f
         raw_low, raw_high = raw_range
 
         def project(delta: Tensor, x: Tensor) -> Tensor:
-            raw = dct_flip(x)  # once per call, not once per Dykstra iteration
+            # dct_flip is orthogonal and maps the ball onto itself, so Dykstra runs on the raw-pixel
+            # side, where the box is a plain clip: two flips per call instead of two per iteration
+            raw = dct_flip(x)
             lower, upper = raw_low - raw, raw_high - raw
-            d = dykstra(delta, lambda t: project_l2_ball(t, eps), lambda t: _clip_flipped(t, lower, upper),
+            d = dykstra(dct_flip(delta), lambda t: project_l2_ball(t, eps), lambda t: t.clamp(lower, upper),
                         dykstra_iters)
-            return project_l2_ball(d, eps)
+            return project_l2_ball(dct_flip(d), eps)
     else:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     return project

@@ -244,7 +244,7 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     """
     pretrained = bool(cfg.model.arch.get("pretrained", False))
     if cfg.model.checkpoint or pretrained:
-        what = "model.checkpoint" if cfg.model.checkpoint else "model.arch.pretrained=true"
+        what = "model.checkpoint" if cfg.model.checkpoint else "model.pretrained=true"
         if epoch is not None:
             raise BoundaryError(f"epoch {epoch} of a training run asked for, but {what} gives one set of "
                                 f"weights; leave it unset to use the checkpoint store")
@@ -261,7 +261,7 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     if len(data.train_y) == 0:
         raise BoundaryError(f"dataset={data.name} has no training images here, so no model can be trained on it; "
                             f"give the weights with model.checkpoint=PATH"
-                            f"{' or model.arch.pretrained=true' if 'pretrained' in cfg.model.arch else ''}")
+                            f"{' or model.pretrained=true' if 'pretrained' in cfg.model.arch else ''}")
     final, snapshots = snapshot_epochs(cfg, epoch)
     epoch = final if epoch is None else int(epoch)
     identity = weights_identity(cfg)

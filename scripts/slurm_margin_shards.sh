@@ -13,7 +13,7 @@ common=(dataset=imagenet "dataset.root=${IMAGENET:?set IMAGENET to the folder wi
         experiment.n_samples=all experiment.chunk_size=500 "shard.index=range(0,$shards)" "shard.count=$shards"
         hydra.launcher.partition="${PARTITION:-gpu}" hydra.launcher.timeout_min=720
         "hydra.launcher.setup=[\"source $(pwd)/.venv/bin/activate\"]")
-boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/standard" model.arch.pretrained=true
+boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/standard" model.pretrained=true
 boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/robust" "model.checkpoint=${ROBUST:?}"
 boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/flipped" "model.checkpoint=${FLIPPED:?}" \
   dataset.variant=flip

@@ -73,7 +73,7 @@ def test_imagenet_errors_are_one_line(imagenet, tmp_path):
     proc = boundary("run", "dataset=imagenet", "model=resnet50", *SMALL, f"hydra.run.dir={tmp_path / 'r'}",
                     cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 2 and "no training images" in proc.stderr and "model.checkpoint=PATH" in proc.stderr
-    assert "model.arch.pretrained=true" in proc.stderr
+    assert "model.pretrained=true" in proc.stderr
     proc = boundary("run", "dataset=imagenet", "experiment=decision_flip", "model=resnet50", *SMALL,
                     f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 2 and "serves margin" in proc.stderr

@@ -138,7 +138,7 @@ def resnet50(in_channels: int, num_classes: int, image_size: tuple[int, int], pr
     if pretrained and (in_channels, num_classes) != (3, 1000):
         raise BoundaryError(
             f"model resnet50 with pretrained=true is the ImageNet net (3 channels, 1000 classes), but the dataset "
-            f"has {in_channels} channel(s) and {num_classes} classes; set model.arch.pretrained=false"
+            f"has {in_channels} channel(s) and {num_classes} classes; set model.pretrained=false"
         )
     net = ImageNetResNet50(in_channels, num_classes)
     if pretrained:
@@ -156,5 +156,5 @@ def _imagenet_weights() -> dict[str, torch.Tensor]:
         raise BoundaryError(
             f"cannot load the pretrained ResNet-50 weights ({type(exc).__name__}: {detail}); they are expected at "
             f"{expected} (downloaded from {weights.url} when absent); copy the file there, or pass a state dict "
-            f"with model.checkpoint=PATH and model.arch.pretrained=false"
+            f"with model.checkpoint=PATH and model.pretrained=false"
         ) from None

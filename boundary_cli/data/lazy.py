@@ -58,14 +58,6 @@ class LazyImages:
     def shape(self) -> torch.Size:
         return torch.Size((len(self), *self.image_shape))
 
-    @property
-    def ndim(self) -> int:
-        return 4
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
     def with_transform(self, fn: Callable[[Tensor], Tensor], check: Callable[[Tensor], None] | None = None) -> LazyImages:
         """The same images with ``fn`` applied after the current transform (and ``check`` after that)."""
         first = self.transform

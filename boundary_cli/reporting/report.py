@@ -91,25 +91,26 @@ def _experiment_tables(root: Path, out: Path) -> list[Path]:
 SHARD_TOKEN = re.compile(r"^\+*shard\.(index|count)=")
 
 
-def _shard(run_dir: Path) -> tuple[int, int]:
-    """(index, count) of the run in ``run_dir`` from its run.json; (0, 1) when not sharded."""
+def _shard(run_dir: Path) -> tuple[int, int, tuple]:
+    """(index, count, group) of the run in ``run_dir``, from one read of its run.json: (0, 1, ()) when
+    not sharded. The group is what the shards of one run share: their identity without the shard
+    overrides, and the count."""
     try:
-        shard = json.loads((run_dir / "run.json").read_text()).get("shard") or {}
+        info = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
-        return 0, 1
-    return int(shard.get("index", 0)), int(shard.get("count", 1))
+        return 0, 1, ()
+    shard = info.get("shard") or {}
+    index, count = int(shard.get("index", 0)), int(shard.get("count", 1))
+    if count < 2:
+        return index, count, ()
+    identity = info.get("identity", {})
+    identity = dict(identity, overrides=strip_shard(identity.get("overrides", "")))
+    return index, count, (tuple(sorted((k, str(v)) for k, v in identity.items())), count)
 
 
 def strip_shard(overrides: str) -> str:
     """``overrides`` without its ``shard.index=`` / ``shard.count=`` tokens."""
     return " ".join(t for t in str(overrides).split() if not SHARD_TOKEN.match(t))
-
-
-def _shard_group(run_dir: Path, count: int) -> tuple:
-    """What the shards of one run share: their identity without the shard overrides, and the count."""
-    identity = json.loads((run_dir / "run.json").read_text()).get("identity", {})
-    identity = dict(identity, overrides=strip_shard(identity.get("overrides", "")))
-    return (tuple(sorted((k, str(v)) for k, v in identity.items())), count)
 
 
 def _merge_shards(group: tuple, shards: dict[int, tuple[str, pd.DataFrame]], out: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
@@ -175,9 +176,9 @@ def build_report(sweep_dir: str | Path) -> Path:
             continue
         run = str(run_dir.relative_to(root)) or "."
         m = _read(csv)
-        index, count = _shard(run_dir)
+        index, count, group = _shard(run_dir)
         if count > 1:
-            sharded.setdefault(_shard_group(run_dir, count), {})[index] = (run, m)
+            sharded.setdefault(group, {})[index] = (run, m)
             continue
         s = _read(summary_csv)
         label = _label(run, s)

@@ -41,11 +41,13 @@ from boundary_cli.reporting.files import (
 )
 from boundary_cli.reporting.metadata import run_metadata
 from boundary_cli.training.evaluation import evaluate
+from boundary_cli.training.optimizer_state import named_optimizer_state
 from boundary_cli.training.store import CheckpointStore
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1  # bump when stored weights stop matching what the code builds
+STORE_FORMAT = 2  # bump when stored weights stop matching what the code builds (2: flipped data normalised
+#                  with the unflipped statistics for every dataset; Adam recipes keep their optimizer state)
 
 
 def user_cache_dir() -> str:
@@ -109,13 +111,14 @@ def shard_device(name: str, shard_index: int, shard_count: int) -> str:
 
 
 def prepare_device(name: str, *, tune_allocator: bool = True) -> torch.device:
-    """Resolve ``name`` and set the process up for it: TF32 on CUDA, the allocator on CPU."""
+    """Resolve ``name`` and set the process up for it: the current CUDA device, the allocator on CPU.
+
+    No precision flag is touched (torch's defaults stay): TF32 is scoped where it is asked for, see
+    :mod:`boundary_cli.geometry.precision` and ``experiment.deepfool.tf32``."""
     device = resolve_device(name)
     if device.type == "cuda":
         if device.index is not None:
             torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     elif tune_allocator:
         tune_cpu_allocator()
     return device
@@ -199,7 +202,7 @@ def weights_identity(cfg: DictConfig) -> dict[str, Any]:
     if model.get("normalization", "dataset") == "dataset":  # the default: keeps the keys of earlier stores
         model.pop("normalization", None)
     training = OmegaConf.to_container(cfg.training, resolve=True)
-    for key in ("min_accuracy", "save_epochs"):
+    for key in ("min_accuracy", "save_epochs", "save_optimizer"):
         training.pop(key, None)
     return dict(format=STORE_FORMAT, dataset=dataset, model=model, training=training, seed=int(cfg.seed))
 
@@ -240,7 +243,9 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     now (and stored, with a snapshot at every epoch of ``training.save_epochs``).
 
     ``epoch`` asks for the weights after that many epochs of the configured run (None: the final
-    ones). Returns (model, provenance for run.json, training curve or None).
+    ones). With ``training.save_optimizer`` the optimizer's state is kept beside every stored set of
+    weights (snapshots included; a stored entry without it is trained again) and the provenance's
+    ``optimizer_state`` names its file. Returns (model, provenance for run.json, training curve or None).
     """
     pretrained = bool(cfg.model.arch.get("pretrained", False))
     if cfg.model.checkpoint or pretrained:
@@ -267,7 +272,12 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     identity = weights_identity(cfg)
     store = CheckpointStore(cfg_path(cfg, "cache_dir") / "checkpoints")
     wanted = _snapshot_identity(identity, epoch, final)
+    keep_optimizer = bool(cfg.training.get("save_optimizer", False))
     stored = store.load(wanted)
+    if stored is not None and keep_optimizer and stored.optimizer_path is None:
+        log.info("stored checkpoint %s has no optimizer state (training.save_optimizer=true); training again",
+                 stored.path)
+        stored = None
     if stored is not None:
         model = build_model(cfg, data)
         try:
@@ -280,7 +290,9 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
                      stored.meta["test_accuracy"])
             return (model.to(device).eval(),
                     dict(source="store", path=str(stored.path), key=store.key(wanted), epoch=epoch,
-                         test_accuracy=stored.meta["test_accuracy"]), stored.curve)
+                         test_accuracy=stored.meta["test_accuracy"],
+                         optimizer_state=str(stored.optimizer_path) if stored.optimizer_path else None),
+                    stored.curve)
 
     recipe = _instantiate(cfg.training.recipe, f"training recipe {cfg.training.name}")
     seed_everything(int(cfg.seed))
@@ -288,13 +300,18 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     log.info("training %s on %s (%s, seed %d) on %s", cfg.model.name, data.name, cfg.training.name, cfg.seed, device)
     start = time.perf_counter()
     kept: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+    final_optimizer: dict[str, Any] = {}
 
-    def keep_snapshot(done: int, trained: nn.Module) -> None:
+    def keep_snapshot(done: int, trained: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        wanted_here = keep_optimizer and (done == final or done in snapshots)
+        state = named_optimizer_state(trained, optimizer) if wanted_here else None
+        if done == final and state is not None:
+            final_optimizer.update(state)
         if done in snapshots and done != final:
             _, acc = evaluate(trained, data.test_x, data.test_y, device=device)
             sd = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
             store.save(_snapshot_identity(identity, done, final), sd,
-                       dict(test_accuracy=acc, epoch=done, trained_on=str(device)), None)
+                       dict(test_accuracy=acc, epoch=done, trained_on=str(device)), None, state)
             kept[done] = (sd, acc)
             log.info("model: kept the weights of epoch %d (test accuracy %.4f)", done, acc)
 
@@ -302,14 +319,17 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     seconds = time.perf_counter() - start
     acc = float(curve["test_accuracy"].iloc[-1])
     path = store.save(identity, model.state_dict(), dict(test_accuracy=acc, train_seconds=round(seconds, 2),
-                                                         epoch=final, trained_on=str(device)), curve)
+                                                         epoch=final, trained_on=str(device)), curve,
+                      final_optimizer or None)
     log.info("model: trained in %.1f s, test accuracy %.4f, stored at %s", seconds, acc, path)
     if epoch != final:
         sd, acc = kept[epoch]
         model.load_state_dict(sd)
         path = store.path(wanted)
+    optimizer_path = path.with_suffix(".optim.pt") if keep_optimizer else None
     return model.eval(), dict(source="trained", path=str(path), key=store.key(wanted), epoch=epoch,
-                              test_accuracy=acc, train_seconds=round(seconds, 2)), curve
+                              test_accuracy=acc, train_seconds=round(seconds, 2),
+                              optimizer_state=str(optimizer_path) if optimizer_path else None), curve
 
 
 def _write_outputs(out_dir: Path, out: ExperimentOutput) -> None:

@@ -172,7 +172,7 @@ def test_adam_recipe_learns_and_calls_on_epoch():
     data = separable_data()
     calls = []
 
-    def on_epoch(epoch: int, model: nn.Module) -> None:
+    def on_epoch(epoch: int, model: nn.Module, _optimizer) -> None:
         calls.append((epoch, model.training))
 
     model, curve = train(AdamRecipe(epochs=4, batch_size=16), 0, data, on_epoch)
@@ -239,7 +239,7 @@ def test_batch_order(shuffle):
 def test_one_cycle_passes_on_epoch_through():
     epochs = []
     recipe = OneCycleSGD(epochs=2, batch_size=32)
-    _, curve = train(recipe, 0, separable_data(), lambda epoch, _model: epochs.append(epoch))
+    _, curve = train(recipe, 0, separable_data(), lambda epoch, _model, _opt: epochs.append(epoch))
     assert epochs == [1, 2] and tuple(curve.columns) == CURVE_COLUMNS
     assert curve["lr"].tolist() == [recipe.lr_at(1), 0.0]
 

@@ -116,8 +116,15 @@ def test_train_again_before_and_after(tmp_path, digits_cache, mode):
         assert col in table.columns, col
     assert (table["misclassified_before"] == (table["base_prediction"] != table["true_label"])).all()
     info = json.loads((out / "run.json").read_text())
-    assert info["model"]["epoch"] == 4 and info["n_points"] == 3
+    assert info["model"]["epoch"] == 4 and info["n_points"] == 3 and info["optimizer_state"] == "restore"
+    assert info["model"]["optimizer_state"].endswith(".optim.pt")
     assert (out / "train_again.png").is_file()
+    # Adam from zero is another experiment: the same points overfit differently (and nothing is reused)
+    fresh = run_ok(tmp_path, cli_env(digits_cache), f"{mode}_fresh", "experiment=train_again", "experiment.n_samples=3",
+                   f"experiment.mode={mode}", "experiment.overfit.steps=5", "experiment.walk.max_steps=200",
+                   "experiment.epoch=4", "experiment.optimizer_state=fresh")
+    other = pd.read_csv(fresh / "train_again.csv")
+    assert other["l2_before"].equals(table["l2_before"]) and not other["l2_after"].equals(table["l2_after"])
 
 
 def test_flip_experiments_on_fashion_mnist_files(fake_fashion, tmp_path):
@@ -170,6 +177,11 @@ def run_fails(tmp_path: Path, env: dict, *args: str) -> str:
     (["experiment=multiple_hits", "experiment.epochs=[4,30]"], ["30", "1..8"]),
     (["experiment=own_to_flip", "experiment.n_samples=100000"], ["n_samples", "fewer"]),
     (["experiment=train_again", "experiment.mode=parallel"], ["experiment.mode", "independent"]),
+    (["experiment=train_again", "training=reference"], ["training=reference", "experiment.optimizer_state=fresh"]),
+    (["experiment=train_again", "model.checkpoint=/no/such/weights.pt"],
+     ["model.checkpoint", "experiment.optimizer_state=fresh"]),
+    (["experiment=train_again", "experiment.optimizer_state=zero"], ["experiment.optimizer_state", "restore"]),
+    (["experiment=multiple_hits", "experiment.zero_grad_is_hit=maybe"], ["experiment.zero_grad_is_hit"]),
     (["experiment=own_to_flip", "experiment.walk.mode=untargeted"], ["experiment.walk.mode", "targeted"]),
 ])
 def test_bad_inputs_give_one_clear_error(tmp_path, digits_cache, args, expect):

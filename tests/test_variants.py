@@ -90,3 +90,20 @@ def test_normalization_statistics():
     assert torch.allclose(m, lp.train_x.mean(dim=(0, 2, 3)))
     with pytest.raises(BoundaryError, match="3 entries"):
         normalization_stats(raw, [0.1], [0.5])
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_flipped_data_without_configured_statistics_is_normalised_as_the_flip_of_normalised_data(c):
+    """digits / fashion_mnist configure no mean/std: the flipped model must still see exactly the
+    flip of the standard model's normalised input (the raw data's per-channel mean and std; the
+    reference subtracts the flipped DC image), not the flipped tensor's own statistics."""
+    raw = data(c=c, count=200)
+    flipped = apply_variant(raw, "flip")
+    m_raw, s_raw = normalization_stats(raw, None, None)
+    m, s = normalization_stats(flipped, None, None)
+    assert m.shape == (c, 8, 8) and torch.allclose(s, s_raw, atol=1e-6)
+    x = raw.test_x
+    normalised_then_flipped = dct_flip((x - m_raw.view(c, 1, 1)) / s_raw.view(c, 1, 1))
+    assert torch.allclose((dct_flip(x) - m) / s.view(c, 1, 1), normalised_then_flipped, atol=1e-5)
+    own = flipped.train_x.mean(dim=(0, 2, 3))  # the old semantics: the flipped tensor's own statistics
+    assert not torch.allclose((dct_flip(x) - own.view(c, 1, 1)) / s.view(c, 1, 1), normalised_then_flipped, atol=1e-3)

@@ -128,14 +128,20 @@ def apply_variant(data: ImageData, variant: str, bandwidth: int | None = None, m
 def normalization_stats(data: ImageData, mean: list[float] | None, std: list[float] | None) -> tuple[Tensor, Tensor]:
     """Mean and std for the model's normalisation layer, shapes (C,) or (C, H, W).
 
-    With ``mean``/``std`` given by the dataset config (statistics of the raw data): used as they
-    are for ``none``; for ``flip`` the mean becomes the flipped constant image ``dct_flip(mean)``
-    with std unchanged, exactly the flip of normalised data (hold-me-tight's flipped layer); for
-    ``low_pass`` they are recomputed. Otherwise: per-channel mean/std of the processed training
-    tensor; a dataset without training images (decoded per batch, e.g. ImageNet val) uses the
-    configured ones as given.
+    ``none``: the statistics the dataset config gives (those of the raw data), else the per-channel
+    mean/std of the training tensor. ``flip``: the same statistics of the *unflipped* data (configured,
+    or computed from the training tensor flipped back: the flip is an involution), with the mean turned
+    into the flipped constant image ``dct_flip(mean)`` and std unchanged, so that normalising flipped
+    data is exactly flipping normalised data (hold-me-tight's TransformFlippedLayer), on every dataset.
+    ``low_pass``: the per-channel mean/std of the processed training tensor (the reference's
+    ``proc_mean``/``proc_std``). A dataset without training images (decoded per batch, e.g. ImageNet
+    val) uses the configured ones as given.
     """
     c, h, w = data.channels, *data.image_size
+    x = data.train_x
+    if data.variant == "flip" and (mean is None or std is None) and x.shape[0] > 0:
+        raw = dct_flip(x)
+        mean, std = raw.mean(dim=(0, 2, 3)).tolist(), raw.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
     if mean is not None and std is not None and data.variant in ("none", "flip"):
         m = torch.tensor(mean, dtype=torch.float32)
         s = torch.tensor(std, dtype=torch.float32)
@@ -145,7 +151,6 @@ def normalization_stats(data: ImageData, mean: list[float] | None, std: list[flo
         if data.variant == "flip":
             m = dct_flip(m.view(c, 1, 1).expand(c, h, w).contiguous())
         return m, s
-    x = data.train_x
     if x.shape[0] == 0:
         if mean is None or std is None:
             raise BoundaryError(f"{data.name} has no training images to take normalisation statistics from; "

@@ -3,7 +3,9 @@
 Before: targeted walks from each chosen point to every class with the base model. Then the point is
 overfit (N Adam steps on it alone, with its true label), independently from the base weights for
 each point, or sequentially without restoring (the reference's variant A); after: the same walks
-with the overfit weights. The table pairs before and after per (point, class) and flags points the
+with the overfit weights. Adam starts from the training run's state at the base checkpoint
+(``experiment.optimizer_state=restore``, the reference's ``Saver.restore``: moments and step count)
+or from zero (``fresh``). The table pairs before and after per (point, class) and flags points the
 base model misclassified.
 """
 
@@ -17,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from boundary_cli.cache import stable_hash, tensor_hash
+from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import one_of, positive_int, positive_number
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.walking import (
@@ -37,6 +40,8 @@ from boundary_cli.training.overfit import WithParams, overfit_independent, overf
 log = logging.getLogger(__name__)
 
 MODES = ("independent", "sequential")
+OPTIMIZER_STATES = ("restore", "fresh")
+OVERFIT_FORMAT = 2  # bump when the meaning of stored overfit chunks changes (2: the Adam state they start from)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -49,6 +54,33 @@ def validate(cfg: DictConfig) -> None:
     one_of(e.distance, ("l2", "l2_sq"), "experiment.distance")
     validate_walk(e.walk, modes=("targeted",))
     validate_common(e)
+    one_of(e.optimizer_state, OPTIMIZER_STATES, "experiment.optimizer_state")
+    if e.optimizer_state == "restore":
+        given = ("model.checkpoint" if cfg.model.checkpoint else
+                 "model.pretrained=true" if cfg.model.arch.get("pretrained", False) else None)
+        if given:
+            raise BoundaryError(f"experiment.optimizer_state=restore needs the Adam state of the training run, but "
+                                f"{given} gives weights only; use experiment.optimizer_state=fresh (Adam from zero)")
+        if not cfg.training.get("save_optimizer", False):
+            raise BoundaryError(f"experiment.optimizer_state=restore needs the Adam state of the training run, but "
+                                f"training={cfg.training.name} keeps none (training.save_optimizer=false); use "
+                                f"experiment.optimizer_state=fresh, or training=flip_adam")
+
+
+def base_adam_state(ctx: RunContext) -> tuple[dict | None, str]:
+    """The Adam state stored with the base weights (None for ``fresh``) and a hash of it for the
+    cache keys. Raises BoundaryError when the stored state is not Adam's."""
+    if ctx.cfg.experiment.optimizer_state == "fresh":
+        return None, "fresh"
+    _, provenance = next(iter(ctx.snapshots.values()))
+    path = provenance.get("optimizer_state")
+    state = torch.load(path, map_location="cpu", weights_only=True) if path else None
+    if state is None or state.get("optimizer") != "Adam":
+        kind = "no optimizer state" if state is None else f"the state of {state.get('optimizer')}"
+        raise BoundaryError(f"experiment.optimizer_state=restore: the base weights come with {kind}, not Adam's; "
+                            f"use experiment.optimizer_state=fresh")
+    slots = [t for name in sorted(state["state"]) for t in state["state"][name].values()]
+    return state, tensor_hash(*slots)
 
 
 def _overfit_args(e: DictConfig) -> dict:
@@ -62,6 +94,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     images = chosen_images(ctx)
     classes = torch.arange(data.num_classes)
     fit = _overfit_args(e)
+    adam_state, state_id = base_adam_state(ctx)
     x, y = images.x.to(ctx.device), images.label.to(ctx.device)
 
     before, stats_before = measure_walks(ctx, model, images.x, classes, params, desc="flips before",
@@ -69,22 +102,24 @@ def run(ctx: RunContext) -> ExperimentOutput:
     start = time.perf_counter()
     after_parts, all_stats = [], [stats_before]
     if e.mode == "sequential":
-        log.info("train_again: overfitting %d points one after another, %d Adam steps each", len(y), fit["steps"])
-        tuned = overfit_sequential(model, x, y, **fit)
+        log.info("train_again: overfitting %d points one after another, %d Adam steps each (%s Adam state)", len(y),
+                 fit["steps"], "restored" if adam_state else "fresh")
+        tuned = overfit_sequential(model, x, y, adam_state=adam_state, **fit)
         res, st = measure_walks(ctx, tuned, images.x, classes, params, desc="flips after")
         after_parts.append(res)
         all_stats.append(st)
     else:
         per_batch = points_per_batch(model, ctx.memory_budget)
-        log.info("train_again: overfitting %d points independently (%d at a time), %d Adam steps each", len(y),
-                 per_batch, fit["steps"])
+        log.info("train_again: overfitting %d points independently (%d at a time), %d Adam steps each (%s Adam "
+                 "state)", len(y), per_batch, fit["steps"], "restored" if adam_state else "fresh")
         for lo in range(0, len(y), per_batch):
             xb, yb = x[lo: lo + per_batch], y[lo: lo + per_batch]
-            key = stable_hash(dict(kind="overfit", model=ctx.model_id, inputs=tensor_hash(xb, yb),
-                                   device=ctx.device.type, torch=torch.__version__, **fit))
+            key = stable_hash(dict(kind="overfit", format=OVERFIT_FORMAT, model=ctx.model_id,
+                                   inputs=tensor_hash(xb, yb), optimizer_state=state_id, device=ctx.device.type,
+                                   torch=torch.__version__, **fit))
             stacked = ctx.chunks.get(key)
             if stacked is None:
-                stacked = overfit_independent(model, xb, yb, **fit)
+                stacked = overfit_independent(model, xb, yb, adam_state=adam_state, **fit)
                 ctx.chunks.put(key, stacked)
             for i in range(len(yb)):
                 tuned = WithParams(model, {k: v[i].to(ctx.device) for k, v in stacked.items()}).eval()
@@ -118,11 +153,12 @@ def run(ctx: RunContext) -> ExperimentOutput:
              "median after/before %.3g", len(both), int((table["status_before"] != "own").sum()), 100 * grew, ratio)
     stats = merge_stats(all_stats)
     stats.update(overfit_and_walk_s=round(overfit_s, 3), n_points=len(y), share_grown=round(grew, 4),
+                 optimizer_state=str(e.optimizer_state),
                  median_ratio_after_before=round(ratio, 6),
                  n_misclassified_before=int((base_pred != images.label).sum()),
                  n_own_class_changed=int((after["source"][:, 0] != before["source"][:, 0]).sum()))
     title = (f"{data.name}, {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}, "
-             f"{e.mode}, {fit['steps']} Adam steps per point")
+             f"{e.mode}, {fit['steps']} Adam steps per point ({e.optimizer_state} Adam state)")
     return ExperimentOutput(tables={"train_again": table},
                             figures={"train_again": train_again_figure(table, str(e.distance), title)},
                             stats=stats)

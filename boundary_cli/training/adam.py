@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,7 +11,7 @@ from torch import nn
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
-from boundary_cli.training.loop import fit_epochs
+from boundary_cli.training.loop import EpochHook, fit_epochs
 
 
 @dataclass
@@ -37,10 +37,10 @@ class AdamRecipe:
         self.betas = betas
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
-            progress: bool | None = None, on_epoch: Callable[[int, nn.Module], None] | None = None) -> pd.DataFrame:
+            progress: bool | None = None, on_epoch: EpochHook | None = None) -> pd.DataFrame:
         """Train ``model`` (already on ``device``) on data.train_x (N, C, H, W) / data.train_y (N,);
-        evaluate on the test set after every epoch and then call ``on_epoch(epoch, model)`` when given
-        (see :func:`~boundary_cli.training.loop.fit_epochs`).
+        evaluate on the test set after every epoch and then call ``on_epoch(epoch, model, optimizer)``
+        when given (see :func:`~boundary_cli.training.loop.fit_epochs`).
 
         Returns the training curve, one row per epoch: epoch, lr, train_loss, train_accuracy,
         test_loss, test_accuracy, seconds.

@@ -18,13 +18,16 @@ from boundary_cli.training.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
+EpochHook = Callable[[int, nn.Module, torch.optim.Optimizer], None]  # (epoch, model, optimizer)
+
 CURVE_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 
 
 def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer, *, epochs: int,
                batch_size: int, seed: int, device: torch.device, progress: bool | None,
                lr_at: Callable[[float], float] | None = None, grad_clip: float | None = None,
-               shuffle: bool = True, on_epoch: Callable[[int, nn.Module], None] | None = None,
+               shuffle: bool = True,
+               on_epoch: EpochHook | None = None,
                perturb: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> pd.DataFrame:
     """Train ``model`` (already on ``device``) with ``optimizer`` on data.train_x (N, C, H, W) and
     data.train_y (N,) for ``epochs`` epochs of mini-batches (channels_last), evaluating on the test set
@@ -33,9 +36,10 @@ def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimiz
     ``shuffle``: a new permutation per epoch from a generator seeded with ``seed``; otherwise batches go
     in file order every epoch. ``lr_at(t)``, when given, sets the learning rate before each step, t
     being the fractional epoch at the step's end. ``grad_clip``: clip the gradient norm to it.
-    ``on_epoch(epoch, model)`` runs after each epoch's evaluation (epoch counted from 1, model in eval
-    mode). ``perturb(model, xb, yb)``, when given, returns a perturbation (B, C, H, W) that is added
-    to each mini-batch before the training forward (adversarial training; train_loss and
+    ``on_epoch(epoch, model, optimizer)`` runs after each epoch's evaluation (epoch counted from 1,
+    model in eval mode; the optimizer's state is what a checkpoint of the run keeps).
+    ``perturb(model, xb, yb)``, when given, returns a perturbation (B, C, H, W) that is added to each
+    mini-batch before the training forward (adversarial training; train_loss and
     train_accuracy are then those of the perturbed batches). ``progress``: tqdm bar on/off, None for
     on when stderr is a terminal; without a bar a log line per epoch. Returns the curve, one row per
     epoch with columns :data:`CURVE_COLUMNS`; ``lr`` is ``lr_at(epoch)`` or the optimizer's learning
@@ -81,6 +85,6 @@ def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimiz
             log.info("epoch %d/%d: train loss %.4f, train accuracy %.4f, test accuracy %.4f (%.1f s)",
                      epoch + 1, epochs, loss_sum / n, correct / n, test_acc, rows[-1]["seconds"])
         if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+            on_epoch(epoch + 1, model, optimizer)
     model.eval()
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from boundary_cli.data.images import ImageData
-from boundary_cli.training.loop import fit_epochs
+from boundary_cli.training.loop import EpochHook, fit_epochs
 
 
 @dataclass
@@ -39,10 +39,11 @@ class OneCycleSGD:
         return float(np.interp(t, [0, peak, self.epochs], [0, self.lr_max, 0]))
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
-            progress: bool | None = None, on_epoch: Callable[[int, nn.Module], None] | None = None) -> pd.DataFrame:
+            progress: bool | None = None, on_epoch: EpochHook | None = None) -> pd.DataFrame:
         """Train ``model`` (already on ``device``) on data.train_x (N, C, H, W) / data.train_y (N,),
         reshuffled every epoch from ``seed``; evaluate on the test set after every epoch and then call
-        ``on_epoch(epoch, model)`` when given (see :func:`~boundary_cli.training.loop.fit_epochs`).
+        ``on_epoch(epoch, model, optimizer)`` when given (see
+        :func:`~boundary_cli.training.loop.fit_epochs`).
 
         Returns the training curve, one row per epoch: epoch, lr, train_loss, train_accuracy,
         test_loss, test_accuracy, seconds.

@@ -1,11 +1,14 @@
 """Overfitting single training points with Adam (Decision-Flip-Experiments "train again", §2.5).
 
-``independent``: every point starts from the base weights with a fresh Adam state (the reference's
-variant B, which restored both). The points of a batch are trained at once as stacked copies of
-the parameters: the loss is the sum of each copy's loss on its own point, so each copy's gradient
-is its own point's gradient, and Adam acts elementwise, so one ``torch.optim.Adam`` over the stacked
-tensors is exactly an independent Adam per point. ``sequential``: one copy trained point after point
-without restoring (variant A, cumulative).
+``independent``: every point starts from the base weights (the reference's variant B). The points
+of a batch are trained at once as stacked copies of the parameters: the loss is the sum of each
+copy's loss on its own point, so each copy's gradient is its own point's gradient, and Adam acts
+elementwise, so one ``torch.optim.Adam`` over the stacked tensors is exactly an independent Adam per
+point. ``sequential``: one copy trained point after point without restoring (variant A, cumulative).
+
+The Adam state each overfit starts from is the training run's (``adam_state``: moments and step
+count at the checkpoint, as the reference's ``Saver.restore`` gives), or zero when None (a fresh
+Adam, whose first step is about ``lr · sign(g)`` on every parameter with a gradient).
 
 Training runs in eval mode: a single example has no batch statistics, so BatchNorm uses its running
 statistics and dropout is off (the reference model has neither).
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
+
+from boundary_cli.training.optimizer_state import adam_slots, seed_adam
 
 
 class WithParams(nn.Module):
@@ -40,13 +45,17 @@ def _adam(params, lr: float, betas: tuple[float, float], eps: float) -> torch.op
 
 
 def overfit_independent(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 100, lr: float = 1e-3,
-                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> dict[str, Tensor]:
+                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                        adam_state: dict | None = None) -> dict[str, Tensor]:
     """Train a copy of ``model``'s parameters on each point alone, all copies at once.
 
     Args:
         model: base classifier (left untouched); used in eval mode.
         x: (P, C, H, W) points; y: (P,) their labels.
         steps: Adam steps per point.
+        adam_state: the training run's optimizer state
+            (:func:`~boundary_cli.training.optimizer_state.named_optimizer_state`); every copy starts
+            from its moments and step count. None: a fresh Adam.
 
     Returns:
         ``{name: (P, *shape)}`` the overfit parameters of each point's copy.
@@ -64,6 +73,8 @@ def overfit_independent(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 
 
         losses = torch.func.vmap(one)
         opt = _adam(list(stacked.values()), lr, betas, eps)
+        if adam_state is not None:
+            seed_adam(opt, stacked, adam_slots(adam_state, dict(model.named_parameters())), copies=x.shape[0])
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             losses(stacked, x, y).sum().backward()
@@ -75,14 +86,18 @@ def overfit_independent(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 
 
 def overfit_sequential(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 100, lr: float = 1e-3,
                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                       progress: Callable[[int], None] | None = None) -> nn.Module:
+                       adam_state: dict | None = None, progress: Callable[[int], None] | None = None) -> nn.Module:
     """A copy of ``model`` trained on point 0 alone for ``steps`` Adam steps, then on point 1, ...
-    without restoring weights or the Adam state in between (x (P, C, H, W), y (P,)). Returns the
-    copy in eval mode."""
+    without restoring weights or the Adam state in between (x (P, C, H, W), y (P,)); the Adam state
+    starts from ``adam_state`` (restored once, as the reference's variant A) or fresh when None.
+    Returns the copy in eval mode."""
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(True)
     opt = _adam(list(net.parameters()), lr, betas, eps)
+    if adam_state is not None:
+        params = dict(net.named_parameters())
+        seed_adam(opt, params, adam_slots(adam_state, params))
     for i in range(x.shape[0]):
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)

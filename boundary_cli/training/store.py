@@ -4,7 +4,9 @@ The key covers the dataset (name, variant and its settings), the model, the trai
 seed; never paths, devices or anything about the experiment, so every experiment, sweep and run
 directory shares one trained model per configuration. Each entry is ``<key>.pt`` (the state dict),
 ``<key>.json`` (the identity it was made from, test accuracy, provenance) and ``<key>.csv`` (the
-per-epoch training curve), written atomically so parallel jobs may race safely.
+per-epoch training curve), and for recipes that keep it ``<key>.optim.pt`` (the optimizer's state by
+parameter name, see :mod:`boundary_cli.training.optimizer_state`), written atomically so parallel
+jobs may race safely.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class StoredModel:
     meta: dict[str, Any]
     curve: pd.DataFrame | None
     path: Path
+    optimizer_path: Path | None = None  # the optimizer state kept with the weights, when there is one
 
 
 class CheckpointStore:
@@ -62,15 +65,17 @@ class CheckpointStore:
         except Exception as exc:  # a damaged entry is retrained, not fatal
             log.warning("ignoring unreadable checkpoint %s (%s); training again", pt, exc)
             return None
-        csv = stem.with_suffix(".csv")
+        csv, optim = stem.with_suffix(".csv"), stem.with_suffix(".optim.pt")
         curve = pd.read_csv(csv) if csv.exists() else None
-        return StoredModel(sd, info, curve, pt)
+        return StoredModel(sd, info, curve, pt, optim if optim.exists() else None)
 
     def save(self, identity: dict[str, Any], state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
-             curve: pd.DataFrame | None) -> Path:
+             curve: pd.DataFrame | None, optimizer_state: dict[str, Any] | None = None) -> Path:
         stem = self._stem(identity)
         if curve is not None:
             write_csv(stem.with_suffix(".csv"), curve)
+        if optimizer_state is not None:
+            write_torch(stem.with_suffix(".optim.pt"), optimizer_state)
         write_torch(stem.with_suffix(".pt"), {k: v.detach().cpu() for k, v in state_dict.items()})
         write_json(stem.with_suffix(".json"), {"identity": identity, **meta})  # last: marks the entry complete
         return stem.with_suffix(".pt")

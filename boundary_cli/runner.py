@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,18 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
 
 
 def load_dataset(cfg: DictConfig) -> ImageData:
-    """The raw dataset (pixels in [0, 1]) through the loader the dataset config names."""
-    return _instantiate(cfg.dataset.loader, f"dataset {cfg.dataset.name}", data_dir=cfg_path(cfg, "data_dir"),
+    """The raw dataset (pixels in [0, 1]) through the loader the dataset config names; with
+    ``dataset.train_first=n`` only the first n training images, in file order (the
+    Decision-Flip-Experiments reference trains on the first 45,000 of CIFAR-10's 50,000)."""
+    data = _instantiate(cfg.dataset.loader, f"dataset {cfg.dataset.name}", data_dir=cfg_path(cfg, "data_dir"),
                         cache_dir=cfg_path(cfg, "cache_dir"), download=bool(cfg.dataset.download))
+    first = cfg.dataset.get("train_first")
+    if first is None:
+        return data
+    if isinstance(first, bool) or not isinstance(first, int) or not 1 <= first <= len(data.train_y):
+        raise BoundaryError(f"dataset.train_first must be a number of training images in 1..{len(data.train_y)} "
+                            f"({data.name}), or null for all; got {first!r}")
+    return replace(data, train_x=data.train_x[:first], train_y=data.train_y[:first])
 
 
 def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
@@ -167,13 +177,20 @@ def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
     (tensor cores on CUDA; on CPU oneDNN's convolutions ran ~30% faster for LeNet on 2 cores, training
     and DeepFool alike). Loaded weights keep that format.
 
-    ``model.normalization``: ``dataset`` (the dataset's statistics, see normalization_stats), ``none``
-    (the network normalises itself) or explicit ``{mean: [...], std: [...]}``.
+    ``model.normalization``: ``dataset`` (the dataset's statistics, see normalization_stats), ``pixel_mean``
+    (mean = the per-pixel mean image (C, H, W) of data.train_x, std = 1: the lcr reference's input pipeline,
+    which training=lcr_adam selects), ``none`` (the network normalises itself) or explicit
+    ``{mean: [...], std: [...]}``.
     """
     net = build_network(cfg.model.arch, data.channels, data.num_classes, data.image_size, name=str(cfg.model.name))
     spec = normalization_spec(cfg.model.get("normalization", "dataset"))
     if spec == "dataset":
         mean, std = normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))
+    elif spec == "pixel_mean":
+        if is_lazy(data.train_x) or data.train_x.shape[0] == 0:
+            raise BoundaryError(f"model.normalization=pixel_mean needs the training images of {data.name} in memory "
+                                f"to take their mean image; use model.normalization=dataset or explicit mean/std")
+        mean, std = data.train_x.mean(dim=0), torch.ones(data.channels)
     elif spec is None:
         mean, std = torch.zeros(data.channels), torch.ones(data.channels)
     else:
@@ -197,6 +214,8 @@ def weights_identity(cfg: DictConfig) -> dict[str, Any]:
         dataset["loader"].pop(key, None)
     if dataset["variant"] != "low_pass":
         dataset.pop("low_pass", None)
+    if dataset.get("train_first") is None:  # all training images: the key of stores made before the option
+        dataset.pop("train_first", None)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("checkpoint", None)
     if model.get("normalization", "dataset") == "dataset":  # the default: keeps the keys of earlier stores

@@ -41,7 +41,7 @@ def test_groups_hold_the_promised_options():
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
     assert options("model") == ["densenet121", "flip_cnn", "lenet", "resnet18", "resnet18_mnist", "resnet20",
                                 "resnet50", "small_cnn", "vgg19"]
-    assert options("training") == ["adversarial", "flip_adam", "quick", "reference"]
+    assert options("training") == ["adversarial", "flip_adam", "lcr_adam", "quick", "reference"]
     assert options("experiment") == sorted(EXPERIMENTS)
     assert options("hydra/launcher") == ["local", "slurm"]
 
@@ -151,3 +151,33 @@ def test_weights_identity_ignores_paths_devices_and_experiment_settings():
                  cfg_for("dataset.variant=low_pass", "dataset.low_pass.bandwidth=2")]
     keys = {str(weights_identity(cfg)) for cfg in different}
     assert str(base) not in keys and len(keys) == len(different)
+
+
+@pytest.mark.parametrize("overrides, training, normalization", [
+    (["experiment=lcr", "model=resnet20"], "lcr_adam", "pixel_mean"),        # the lcr reference's own recipe
+    (["experiment=lcr", "model=lenet"], "reference", "dataset"),             # other models keep hold-me-tight's
+    (["experiment=lcr"], "reference", "dataset"),
+    (["model=resnet20"], "reference", "dataset"),                            # only experiment=lcr picks it
+    (["experiment=lcr", "model=resnet20", "training=reference"], "reference", "dataset"),  # the command line wins
+    (["experiment=lcr", "model=resnet20", "training=quick"], "quick", "dataset"),
+    (["experiment=lcr", "model=lenet", "training=lcr_adam"], "lcr_adam", "pixel_mean"),
+    (["experiment=lcr", "model=resnet20", "model.normalization=dataset"], "lcr_adam", "dataset"),
+    (["experiment=margin", "dataset=cifar10", "model=resnet20", "training=lcr_adam"], "lcr_adam", "pixel_mean"),
+])
+def test_lcr_on_resnet20_brings_the_reference_recipe_and_its_pixel_mean(overrides, training, normalization):
+    cfg = cfg_for(*overrides)
+    assert (cfg.training.name, cfg.model.normalization) == (training, normalization)
+    if training == "lcr_adam":
+        assert cfg.training.recipe._target_.endswith("lcr_adam.LcrAdam") and cfg.training.recipe.epochs == 200
+
+
+def test_the_recipes_weights_key_differs_from_the_reference_recipes():
+    a = weights_identity(cfg_for("experiment=lcr", "model=resnet20"))
+    b = weights_identity(cfg_for("experiment=lcr", "model=resnet20", "training=reference"))
+    assert a["model"]["normalization"] == "pixel_mean" and "normalization" not in b["model"]
+    assert a["training"]["name"] == "lcr_adam" and a != b
+
+
+def test_lcr_acceptance_defaults_are_the_references():
+    m = cfg_for("experiment=lcr").experiment.mutants
+    assert (m.accept_on, m.accept_rule, m.accept_ratio, m.ns_min_accuracy) == ("test", "reference", 0.9, 0.73)

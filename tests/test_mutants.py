@@ -12,8 +12,10 @@ from torch import nn
 
 from boundary_cli.detectors import mutants as mut
 from boundary_cli.detectors.mutants import (
+    NS_MIN_ACCURACY,
     Mutant,
     accept_mutants,
+    acceptance_threshold,
     conv_layers,
     draw_mutant,
     label_change_rate,
@@ -375,3 +377,51 @@ def test_acceptance_does_not_depend_on_batch_size_or_round_size(monkeypatch):
     for other in (b, c):
         assert other.accepted == a.accepted and other.attempts == a.attempts
         assert other.log == a.log and other.original_accuracy == a.original_accuracy
+
+
+def test_acceptance_thresholds_of_the_two_rules():
+    assert NS_MIN_ACCURACY == 0.73
+    for op in ("NAI", "GF"):  # the reference's create_mutations: a ratio of the original's accuracy
+        assert acceptance_threshold(op, 0.8, rule="reference") == pytest.approx(0.72)
+        assert acceptance_threshold(op, 0.8, rule="ratio") == pytest.approx(0.72)
+    assert acceptance_threshold("NS", 0.8, rule="reference") == 0.73  # model_mutation.py: absolute, whatever 0.8
+    assert acceptance_threshold("NS", 0.5, rule="reference", ns_min_accuracy=0.4) == 0.4
+    assert acceptance_threshold("NS", 0.8, rule="ratio", accept_ratio=0.5) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="rule"):
+        acceptance_threshold("NS", 0.8, rule="absolute")
+    with pytest.raises(ValueError, match="rule"):
+        accept_mutants(wrapped_lenet(), torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), operator="NAI",
+                       gamma=0.1, rule="absolute")
+
+
+def rotation_proof_model() -> nn.Module:
+    """32 identical filters: rotating any of them (NS) changes nothing, so every NS mutant is exactly as
+    accurate as the original."""
+    conv = nn.Conv2d(1, 32, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(0)).expand(32, 1, 3, 3))
+        conv.bias.fill_(0.1)
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
+
+
+@pytest.mark.parametrize("accuracy, ratio, reference_accepts, ratio_accepts", [
+    (0.70, 0.9, False, True),   # 0.70 <= 0.73, but 0.70 > 0.9 x 0.70
+    (0.85, 1.0, True, False),   # 0.85 > 0.73, but not > 1.0 x 0.85
+])
+def test_ns_acceptance_absolute_versus_ratio(accuracy, ratio, reference_accepts, ratio_accepts):
+    model = rotation_proof_model()
+    x = inputs(100, (1, 6, 6), seed=3)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    wrong = torch.arange(100) >= round(100 * accuracy)
+    y = torch.where(wrong, 1 - pred, pred)  # the original is right on exactly `accuracy` of the inputs
+    kwargs = dict(operator="NS", gamma=0.01, n_mutants=4, max_attempts=4, accept_ratio=ratio)
+    ref = accept_mutants(model, x, y, **kwargs)  # the default rule is the reference's
+    rat = accept_mutants(model, x, y, rule="ratio", **kwargs)
+    for res in (ref, rat):
+        assert res.original_accuracy == pytest.approx(accuracy)
+        assert [e["accuracy"] for e in res.log] == pytest.approx([accuracy] * 4)
+    assert ref.threshold == 0.73 and rat.threshold == pytest.approx(ratio * accuracy)
+    assert [e["accepted"] for e in ref.log] == [reference_accepts] * 4
+    assert [e["accepted"] for e in rat.log] == [ratio_accepts] * 4
+    assert len(ref.accepted) == 4 * reference_accepts and len(rat.accepted) == 4 * ratio_accepts

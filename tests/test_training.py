@@ -59,3 +59,59 @@ def test_warning_below_min_accuracy(tmp_path, caplog):
         info = execute(cfg, tmp_path / "run", progress=False)
     assert any("below training.min_accuracy" in r.message for r in caplog.records)
     assert info["n_samples"] == 3 and (tmp_path / "run" / "training.csv").exists()
+
+
+def test_one_cycle_sets_the_learning_rate_every_step_and_clips_every_gradient(monkeypatch):
+    """hold-me-tight's recipe through the shared loop: the lr of step b (0-based) of epoch e is the triangle at
+    t = e + (b + 1) / steps, and a gradient of norm > 0.5 reaches SGD clipped to 0.5 (momentum and weight decay 0,
+    so the update is exactly lr x the clipped gradient)."""
+    from torch import nn
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from boundary_cli.data.images import ImageData
+
+    gen = torch.Generator().manual_seed(0)
+    x = 100 * torch.rand(10, 1, 2, 2, generator=gen)  # large inputs: gradient norms far above 0.5
+    y = torch.arange(10) % 3
+    data = ImageData("tiny", x, y, x[:4].clone(), y[:4].clone(), ["a", "b", "c"])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    recipe = OneCycleSGD(epochs=3, batch_size=4, lr_max=0.2, peak_fraction=0.4, momentum=0.0, weight_decay=0.0,
+                         grad_clip=0.5)
+    raw_norms, lrs, grad_norms, updates = [], [], [], []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(params, max_norm, *args, **kwargs):
+        raw_norms.append(float(real_clip(params, max_norm, *args, **kwargs)))
+        return raw_norms[-1]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    before = {}
+
+    def pre(opt, *_):
+        lrs.append(opt.param_groups[0]["lr"])
+        grad_norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
+        before.update({id(p): p.detach().clone() for p in model.parameters()})
+
+    def post(opt, *_):
+        updates.append(float(torch.cat([(p.detach() - before[id(p)]).flatten() for p in model.parameters()]).norm()))
+
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        recipe.fit(model, data, seed=0, device=torch.device("cpu"), progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    steps = 3  # ceil(10 / 4)
+    peak = 1   # floor(0.4 * 3)
+    want = []
+    for epoch in range(3):
+        for b in range(steps):
+            t = epoch + (b + 1) / steps
+            want.append(0.2 * t / peak if t <= peak else 0.2 * (3 - t) / (3 - peak))
+    assert lrs == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert all(len(set(lrs[e * steps:(e + 1) * steps])) == steps for e in range(3))  # a new lr at every step
+    assert len(raw_norms) == len(lrs) and min(raw_norms) > 5  # clipping ran at every step, on large gradients
+    for raw, g, lr, du in zip(raw_norms, grad_norms, lrs, updates):
+        assert g == pytest.approx(min(raw, 0.5), rel=1e-4)
+        assert du == pytest.approx(lr * min(raw, 0.5), rel=1e-3, abs=1e-7)

@@ -8,8 +8,12 @@ once: only the weight tensors they change are stacked along a leading mutant axi
 run through ``torch.func.functional_call`` under ``torch.func.vmap``; layers before the first
 mutated one are computed once for all mutants.
 
-Unlike the reference, acceptance has a cap on the candidates tried (``max_attempts``) and never
-raises when too few pass; the caller decides what to do with fewer mutants.
+A candidate is accepted when its accuracy on the acceptance inputs exceeds a threshold
+(:func:`acceptance_threshold`): the reference's rule (``rule="reference"``) is a ratio of the
+original model's accuracy for NAI and GF (``create_mutations``: > 0.9 x) and an absolute accuracy for
+NS (``model_mutation.py``: > 0.73); ``rule="ratio"`` applies the ratio to every operator. Unlike the
+reference, acceptance has a cap on the candidates tried (``max_attempts``) and never raises when too
+few pass; the caller decides what to do with fewer mutants.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from torch.func import functional_call, vmap
 
 OPERATORS = ("NAI", "GF", "NS")
 NS_SHARE = 0.07  # NS rotates floor(0.07 * out_channels) filters per layer (model_mutation.py)
+NS_MIN_ACCURACY = 0.73  # the reference accepts an NS mutant when its accuracy > 0.73 (model_mutation.py, CIFAR-10)
+ACCEPT_RULES = ("reference", "ratio")
 CANDIDATES_PER_ROUND = 32  # fewest candidates accept_mutants evaluates at once
 MUTANT_METHODS = ("auto", "vmap", "loop")
 
@@ -48,12 +54,14 @@ class Acceptance:
         log: one dict per candidate tried: operator, seed, n_channels, accuracy, accepted.
         original_accuracy: accuracy of the unmutated model on the acceptance inputs.
         attempts: candidates tried (counted up to the last one needed).
+        threshold: the accuracy a candidate had to exceed (see :func:`acceptance_threshold`).
     """
 
     accepted: list[Mutant]
     log: list[dict]
     original_accuracy: float
     attempts: int
+    threshold: float
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -71,10 +79,13 @@ def draw_mutant(model: nn.Module, operator: str, gamma: float, seed: int) -> Mut
     """Draw the channels of one mutant of ``model`` with ``torch.Generator().manual_seed(seed)``.
 
     NAI, GF: k = max(1, floor(gamma * C)) channels uniformly without replacement among all C output
-    channels of all conv layers together (not per layer). NS: per conv layer with ``out`` channels,
-    floor(0.07 * out) random channels in a random (rotation) order; layers where that is below 2 are
-    skipped and ``gamma`` is unused (but still checked). Raises ValueError for an unknown operator,
-    gamma outside (0, 1], a model without conv layers, or (NS) a model with no layer to rotate.
+    channels of all conv layers together (not per layer). The reference takes floor(gamma * C), which is 0
+    (an unmutated copy) when gamma * C < 1, e.g. LeNet's C = 22 at gamma = 0.01; here such a mutant
+    changes one channel, so one gamma mutates different shares of different models.
+    NS: per conv layer with ``out`` channels, floor(0.07 * out) random channels in a random (rotation)
+    order; layers where that is below 2 are skipped and ``gamma`` is unused (but still checked).
+    Raises ValueError for an unknown operator, gamma outside (0, 1], a model without conv layers, or
+    (NS) a model with no layer to rotate.
     """
     _check_operator(operator)
     if not 0 < gamma <= 1:
@@ -274,6 +285,22 @@ def predict_mutants(
     return out
 
 
+def acceptance_threshold(operator: str, original_accuracy: float, *, rule: str = "reference",
+                         accept_ratio: float = 0.9, ns_min_accuracy: float = NS_MIN_ACCURACY) -> float:
+    """The accuracy a candidate mutant must exceed (strictly) to be accepted.
+
+    ``rule="reference"``: ``ns_min_accuracy`` for NS (an absolute accuracy, whatever the original's),
+    ``accept_ratio * original_accuracy`` for NAI and GF. ``rule="ratio"``: ``accept_ratio *
+    original_accuracy`` for every operator. Raises ValueError for an unknown operator or rule.
+    """
+    _check_operator(operator)
+    if rule not in ACCEPT_RULES:
+        raise ValueError(f"unknown acceptance rule {rule!r}; expected one of {', '.join(ACCEPT_RULES)}")
+    if rule == "reference" and operator == "NS":
+        return float(ns_min_accuracy)
+    return float(accept_ratio) * float(original_accuracy)
+
+
 def accept_mutants(
     model: nn.Module,
     x: Tensor,
@@ -284,6 +311,8 @@ def accept_mutants(
     n_mutants: int = 100,
     max_attempts: int = 1000,
     accept_ratio: float = 0.9,
+    rule: str = "reference",
+    ns_min_accuracy: float = NS_MIN_ACCURACY,
     seed: int = 0,
     batch_size: int = 1024,
     budget_bytes: int = 2**30,
@@ -292,19 +321,22 @@ def accept_mutants(
     """Draw candidate mutants and keep those accurate enough on (x (N, C, H, W), y (N,)).
 
     Candidate ``attempt`` (0, 1, ...) is drawn with seed ``seed * 1_000_003 + attempt`` and accepted
-    when its accuracy is > ``accept_ratio`` x the original model's. Candidates are evaluated several
-    at a time with :func:`predict_mutants`, but the result is cut at the ``n_mutants``-th acceptance
-    in attempt order, so it does not depend on how many were evaluated together (nor on
-    ``batch_size``). Stops after ``n_mutants`` acceptances or ``max_attempts`` candidates, without
+    when its accuracy is > :func:`acceptance_threshold` (``rule``, ``accept_ratio``, ``ns_min_accuracy``;
+    by default the reference's: NS > 0.73, NAI/GF > 0.9 x the original model's). Candidates are
+    evaluated several at a time with :func:`predict_mutants`, but the result is cut at the
+    ``n_mutants``-th acceptance in attempt order, so it does not depend on how many were evaluated
+    together (nor on ``batch_size``). Stops after ``n_mutants`` acceptances or ``max_attempts`` candidates, without
     raising when too few pass. ``progress`` is called with the number of candidates just evaluated.
-    Raises ValueError for an unknown operator or gamma outside (0, 1] (see :func:`draw_mutant`).
+    Raises ValueError for an unknown operator or rule, or gamma outside (0, 1] (see :func:`draw_mutant`).
     """
     _check_operator(operator)
     if not 0 < gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1]; got {gamma}")
+    acceptance_threshold(operator, 0.0, rule=rule)  # an unknown rule fails before any work
     y = y.to(x.device)
     original = float((_predict(model, x, batch_size) == y).double().mean()) if x.shape[0] else 0.0
-    threshold = accept_ratio * original
+    threshold = acceptance_threshold(operator, original, rule=rule, accept_ratio=accept_ratio,
+                                     ns_min_accuracy=ns_min_accuracy)
     accepted: list[Mutant] = []
     log: list[dict] = []
     attempt = 0
@@ -324,7 +356,7 @@ def accept_mutants(
                     break
         if progress is not None:
             progress(size)
-    return Acceptance(accepted=accepted, log=log, original_accuracy=original, attempts=attempt)
+    return Acceptance(accepted=accepted, log=log, original_accuracy=original, attempts=attempt, threshold=threshold)
 
 
 def label_change_rate(mutant_preds: Tensor, original_pred: Tensor) -> Tensor:

@@ -5,6 +5,11 @@ prediction differs from the model's, and the layer conductance of the predicted-
 channel of chosen layers. Detectors (LCR itself, an MLP on conductance, a small MLP and optional
 sklearn models on [LCR, p_cond]) are trained on the model's own training-set predictions, their
 thresholds chosen on a validation part of the test split (Youden), and reported on the rest.
+
+Mutants are accepted on the whole test split by default (``experiment.mutants.accept_on=test``, the
+reference's CIFAR notebook), so the images that val and test later evaluate took part in choosing the
+mutants; ``train_holdout`` accepts on the last ``n_accept`` training images instead (held out from the
+detectors, not from the CNN's own training).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from boundary_cli.detectors.detection import (
     youden_threshold,
 )
 from boundary_cli.detectors.mutants import (
+    ACCEPT_RULES,
     OPERATORS,
     accept_mutants,
     draw_mutant,
@@ -48,10 +54,11 @@ from boundary_cli.training.evaluation import predict
 
 log = logging.getLogger(__name__)
 
-CHUNK_FORMAT = 1
+CHUNK_FORMAT = 2  # bump when the meaning of stored chunks changes (2: acceptance split and rule switches)
 N_FOLDS = 5  # out-of-fold p_cond on the training split for the combined detectors
 EXTRA = ("random_forest", "lda")
 BASELINES = ("mean", "zero")
+ACCEPT_ON = ("test", "train_holdout")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -70,6 +77,11 @@ def validate(cfg: DictConfig) -> None:
     positive_int(m.max_attempts, "experiment.mutants.max_attempts")
     if isinstance(m.accept_ratio, bool) or not isinstance(m.accept_ratio, (int, float)) or m.accept_ratio < 0:
         raise BoundaryError(f"experiment.mutants.accept_ratio must be a number >= 0, got {m.accept_ratio!r}")
+    one_of(m.accept_on, ACCEPT_ON, "experiment.mutants.accept_on")
+    one_of(m.accept_rule, ACCEPT_RULES, "experiment.mutants.accept_rule")
+    if isinstance(m.ns_min_accuracy, bool) or not isinstance(m.ns_min_accuracy, (int, float)) \
+            or not 0 <= m.ns_min_accuracy <= 1:
+        raise BoundaryError(f"experiment.mutants.ns_min_accuracy must lie in [0, 1], got {m.ns_min_accuracy!r}")
     counts = int_list(e.auroc_counts, "experiment.auroc_counts")
     if any(c < 1 for c in counts):
         raise BoundaryError("experiment.auroc_counts must be positive mutant counts")
@@ -104,33 +116,44 @@ def _layers(model, value: Any) -> list[str]:
 
 
 def _splits(ctx: RunContext) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-    """{split: (indices into its source split, images, labels)}: train (detector training), accept
-    (mutant acceptance: the last n_accept training images), val and test (a seeded split of the test set)."""
+    """{split: (indices into its source split, images, labels)}: train (detector training: the first
+    n_train training images), accept (mutant acceptance), val and test (a seeded split of the test set).
+
+    accept: with ``mutants.accept_on=test`` (the reference) the whole test split, in file order, and
+    ``n_train=all`` is every training image; with ``train_holdout`` the last ``n_accept`` training images,
+    never detector training images (``n_train=all`` is all the others)."""
     e, data = ctx.cfg.experiment, ctx.data
     n = len(data.train_y)
-    n_accept = int(e.n_accept)
+    holdout = e.mutants.accept_on == "train_holdout"
+    n_accept = int(e.n_accept) if holdout else 0
     n_train = n - n_accept if e.n_train == "all" else int(e.n_train)
     if n_train + n_accept > n:
-        raise BoundaryError(f"experiment.n_train={e.n_train} + n_accept={n_accept} exceed the {n} training images of "
-                            f"{data.name}; lower them (the acceptance images must not be detector training images)")
+        what = (f" + n_accept={n_accept} exceed the {n} training images of {data.name}; lower them (the acceptance "
+                "images must not be detector training images)") if holdout else \
+            f" exceeds the {n} training images of {data.name}; lower it"
+        raise BoundaryError(f"experiment.n_train={e.n_train}{what}")
     order = torch.randperm(len(data.test_y), generator=torch.Generator().manual_seed(int(e.split_seed)))
     n_val = int(round(float(e.val_fraction) * len(order)))
-    parts = {"train": torch.arange(n_train), "accept": torch.arange(n - n_accept, n),
+    parts = {"train": torch.arange(n_train),
+             "accept": torch.arange(n - n_accept, n) if holdout else torch.arange(len(data.test_y)),
              "val": order[:n_val].sort().values, "test": order[n_val:].sort().values}
     out = {}
     for name, idx in parts.items():
-        x, y = (data.train_x, data.train_y) if name in ("train", "accept") else (data.test_x, data.test_y)
+        from_train = name == "train" or (name == "accept" and holdout)
+        x, y = (data.train_x, data.train_y) if from_train else (data.test_x, data.test_y)
         out[name] = (idx, x[idx], y[idx])
     return out
 
 
-def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame, float, int]:
-    """The accepted mutants (cached by seed: a mutant is regenerated from it) and the acceptance log."""
+def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame, float, int, float]:
+    """The accepted mutants (cached by seed: a mutant is regenerated from it), the acceptance log, the
+    original model's accuracy on (x, y), the candidates tried and the accuracy they had to exceed."""
     m, model = ctx.cfg.experiment.mutants, ctx.model
     params = dict(operator=str(m.operator), gamma=float(m.gamma), n_mutants=int(m.n_mutants),
-                  max_attempts=int(m.max_attempts), accept_ratio=float(m.accept_ratio), seed=int(m.seed))
+                  max_attempts=int(m.max_attempts), accept_ratio=float(m.accept_ratio), rule=str(m.accept_rule),
+                  ns_min_accuracy=float(m.ns_min_accuracy), seed=int(m.seed))
     key = stable_hash(dict(kind="lcr_accept", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x, y),
-                           device=ctx.device.type, torch=torch.__version__, **params))
+                           accept_on=str(m.accept_on), device=ctx.device.type, torch=torch.__version__, **params))
     got = ctx.chunks.get(key)
     if got is None:
         with tqdm(total=params["max_attempts"], desc="mutant candidates", unit="mutant",
@@ -141,14 +164,15 @@ def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame
                "n_channels": torch.tensor([r["n_channels"] for r in acc.log], dtype=torch.long),
                "accuracy": torch.tensor([r["accuracy"] for r in acc.log], dtype=torch.float64),
                "accepted": torch.tensor([bool(r["accepted"]) for r in acc.log], dtype=torch.bool),
-               "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64)}
+               "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64),
+               "threshold": torch.tensor(acc.threshold, dtype=torch.float64)}
         ctx.chunks.put(key, got)
     logdf = pd.DataFrame({"operator": params["operator"], "gamma": params["gamma"], "seed": got["seed"].numpy(),
                           "channels_mutated": got["n_channels"].numpy(), "accuracy": got["accuracy"].numpy(),
-                          "accepted": got["accepted"].numpy()})
+                          "threshold": float(got["threshold"]), "accepted": got["accepted"].numpy()})
     seeds = logdf.loc[logdf["accepted"], "seed"].tolist()[: params["n_mutants"]]
     mutants = [draw_mutant(model, params["operator"], params["gamma"], int(s)) for s in seeds]
-    return mutants, logdf, float(got["original_accuracy"]), len(logdf)
+    return mutants, logdf, float(got["original_accuracy"]), len(logdf), float(got["threshold"])
 
 
 def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any], compute) -> Tensor:
@@ -175,15 +199,21 @@ def run(ctx: RunContext) -> ExperimentOutput:
 
     start = time.perf_counter()
     _, xa, ya = splits["accept"]
-    mutants, mutant_log, acc_orig, attempts = _accepted(ctx, xa, ya)
-    stats.update(mutant_attempts=attempts, mutants_accepted=len(mutants), accept_accuracy=round(acc_orig, 6),
+    mutants, mutant_log, acc_orig, attempts, threshold = _accepted(ctx, xa, ya)
+    where = "test" if e.mutants.accept_on == "test" else "held-out training"
+    stats.update(mutant_attempts=attempts, mutants_accepted=len(mutants), accept_on=str(e.mutants.accept_on),
+                 accept_images=len(ya), accept_accuracy=round(acc_orig, 6), accept_threshold=round(threshold, 6),
                  accept_time_s=round(time.perf_counter() - start, 3))
-    log.info("lcr: %d of %d candidate mutants accepted (%s, gamma %s; accuracy on %d held-out images %.4f)",
-             len(mutants), attempts, e.mutants.operator, e.mutants.gamma, len(ya), acc_orig)
+    log.info("lcr: %d of %d candidate mutants accepted (%s, gamma %s; accuracy > %.4f on %d %s images, the "
+             "model's %.4f)", len(mutants), attempts, e.mutants.operator, e.mutants.gamma, threshold, len(ya), where,
+             acc_orig)
     if len(mutants) < int(e.mutants.n_mutants):
+        bar = (f"{e.mutants.ns_min_accuracy} (absolute, accept_rule=reference for NS)"
+               if e.mutants.accept_rule == "reference" and e.mutants.operator == "NS"
+               else f"{e.mutants.accept_ratio} x {acc_orig:.4f}")
         raise BoundaryError(f"only {len(mutants)} of experiment.mutants.n_mutants={e.mutants.n_mutants} mutants passed "
-                            f"acceptance in {attempts} attempts (accuracy > {e.mutants.accept_ratio} x {acc_orig:.4f}); "
-                            f"lower experiment.mutants.gamma or accept_ratio, or raise max_attempts")
+                            f"acceptance in {attempts} attempts (accuracy on the {len(ya)} {where} images > {bar}); "
+                            f"lower experiment.mutants.gamma, accept_ratio or ns_min_accuracy, or raise max_attempts")
 
     seeds = [mu.seed for mu in mutants]
     if e.conductance.baseline == "mean":

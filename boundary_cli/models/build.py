@@ -15,7 +15,8 @@ from torch import nn
 from boundary_cli.errors import BoundaryError
 
 DATA_PARAMETERS = ("in_channels", "num_classes", "image_size")
-NORMALIZATION_FORMS = ("dataset", "none", "{mean: [...], std: [...]}")
+NORMALIZATION_FORMS = ("dataset", "pixel_mean", "none", "{mean: [...], std: [...]}")
+NAMED_NORMALIZATIONS = ("dataset", "pixel_mean", "none")
 
 
 def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
@@ -55,11 +56,13 @@ def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
 
 
 def normalization_spec(spec: Any) -> tuple[list[float], list[float]] | None | str:
-    """Read ``model.normalization``: "dataset" -> "dataset" (the dataset's per-channel mean/std); "none" -> None
-    (identity: the network normalises itself); ``{mean: [...], std: [...]}`` -> (mean, std), two lists of C floats
-    (one per channel, std > 0). Raises BoundaryError listing the valid forms for anything else."""
-    if isinstance(spec, str) and spec.strip().lower() in ("dataset", "none"):
-        return None if spec.strip().lower() == "none" else "dataset"
+    """Read ``model.normalization``: "dataset" -> "dataset" (the dataset's per-channel mean/std); "pixel_mean" ->
+    "pixel_mean" (subtract the per-pixel mean image of the training set, divide by nothing: the lcr reference's
+    Keras input pipeline); "none" -> None (identity: the network normalises itself); ``{mean: [...], std: [...]}``
+    -> (mean, std), two lists of C floats (one per channel, std > 0). Raises BoundaryError listing the valid forms
+    for anything else."""
+    if isinstance(spec, str) and spec.strip().lower() in NAMED_NORMALIZATIONS:
+        return None if spec.strip().lower() == "none" else spec.strip().lower()
     if isinstance(spec, Mapping | DictConfig) and set(spec.keys()) == {"mean", "std"}:
         mean, std = _floats(spec["mean"]), _floats(spec["std"])
         if mean and std and len(mean) == len(std) and all(s > 0 for s in std):

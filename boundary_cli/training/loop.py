@@ -39,8 +39,9 @@ def fit_epochs(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimiz
     ``on_epoch(epoch, model, optimizer)`` runs after each epoch's evaluation (epoch counted from 1,
     model in eval mode; the optimizer's state is what a checkpoint of the run keeps).
     ``perturb(model, xb, yb)``, when given, returns a perturbation (B, C, H, W) that is added to each
-    mini-batch before the training forward (adversarial training; train_loss and
-    train_accuracy are then those of the perturbed batches). ``progress``: tqdm bar on/off, None for
+    mini-batch before the training forward (adversarial training; data augmentation, as augmented
+    minus original batch, in training=lcr_adam; train_loss and train_accuracy are then those of the
+    perturbed batches). ``progress``: tqdm bar on/off, None for
     on when stderr is a terminal; without a bar a log line per epoch. Returns the curve, one row per
     epoch with columns :data:`CURVE_COLUMNS`; ``lr`` is ``lr_at(epoch)`` or the optimizer's learning
     rate. The model is left in eval mode.

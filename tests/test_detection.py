@@ -185,6 +185,12 @@ def test_resnet20_parameter_count():
     assert sum(b.numel() for n, b in net.named_buffers() if "running" in n) == 1376
 
 
+def test_resnet20_batch_norm_has_keras_defaults():
+    """Keras' BatchNormalization: epsilon 1e-3, moving averages with momentum 0.99 (torch: 0.01)."""
+    bns = [m for m in resnet20(3, 10, (32, 32)).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 19 and all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)
+
+
 def test_resnet20_taps_are_post_relu_block_outputs():
     net = resnet20(3, 10, (32, 32)).eval()
     modules = dict(net.named_modules())

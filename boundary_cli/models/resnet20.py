@@ -12,6 +12,12 @@ WIDTHS = (16, 32, 64)
 BLOCKS_PER_STAGE = 3
 
 
+def keras_batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with Keras' defaults: epsilon 1e-3 and moving averages kept with momentum 0.99
+    (PyTorch's ``momentum`` is the weight of the new batch: 1 − 0.99)."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
 class ResidualBlock(nn.Module):
     """Keras ``resnet_v1`` block: conv3x3-BN-ReLU, conv3x3-BN, plus a ``shortcut`` (identity, or a 1x1 conv
     with bias and no BN when the shape changes), then ReLU of the sum;
@@ -21,9 +27,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = keras_batch_norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = keras_batch_norm(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride)
@@ -40,7 +46,7 @@ class ResNet20(nn.Module):
     linear head; x (B, C, H, W) -> logits (B, num_classes).
 
     Convolutions and the head have Keras' he_normal weights (fan_in) and zero biases; BN starts at
-    gamma 1, beta 0. Padding is PyTorch's symmetric ``padding=1``, so on even sizes a stride-2 conv samples
+    gamma 1, beta 0, with Keras' epsilon and moving-average momentum (:func:`keras_batch_norm`). Padding is PyTorch's symmetric ``padding=1``, so on even sizes a stride-2 conv samples
     the pixels Keras' asymmetric 'same' padding shifts by one; the layout, shapes and parameter count
     (273,066 for 3x32x32 and 10 classes) are the reference's.
 
@@ -54,7 +60,7 @@ class ResNet20(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.bn1 = keras_batch_norm(WIDTHS[0])
         self.layer1 = _stage(WIDTHS[0], WIDTHS[0], stride=1)
         self.layer2 = _stage(WIDTHS[0], WIDTHS[1], stride=2)
         self.layer3 = _stage(WIDTHS[1], WIDTHS[2], stride=2)

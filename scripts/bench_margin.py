@@ -6,6 +6,7 @@ the floor of one DeepFool iteration.
     python scripts/bench_margin.py --subspaces --loop-samples 20  # full space + every DCT block
     python scripts/bench_margin.py --synthetic --dataset cifar10 --model resnet18 --n 10000 --device cuda
     python scripts/bench_margin.py --synthetic --dataset imagenet --model resnet50 --n 1000 --device cuda
+    python scripts/bench_margin.py --model resnet18 --dataset cifar10 --subspaces --device cuda --tf32
 
 With ``--synthetic`` nothing is loaded or trained: the model has its random initial weights (seed 0)
 and the inputs are uniform random images of the dataset's shape, so ImageNet-sized figures can be
@@ -17,6 +18,12 @@ each VJP method it reports samples/s, mean iterations, the speed-up over the per
 floor ratio: time per row-iteration divided by the time of one forward with gradients, K'-1
 vector-Jacobian products and one stop-test forward on a batch of the same size, using the fastest
 VJP method measured. Speed is measured here, never asserted in tests.
+
+``--tf32`` times the batched runs with the model's matmuls and convolutions in TF32
+(``experiment.deepfool.tf32=true``) and runs them once more in full float32 on the same samples: it
+prints both medians per space and the relative change of every margin, the measurement that says
+whether TF32 moves margins (on CPU the switch does nothing). The per-sample loop always runs in
+full float32, so with ``--tf32`` its "median rel. diff" column is the TF32 effect too.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from boundary_cli.geometry.deepfool import (
     input_gradients_only,
     rows_for_budget,
 )
+from boundary_cli.geometry.precision import fp32_precision, model_precision
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
 from boundary_cli.runner import (
     build_model,
@@ -104,7 +112,8 @@ def synthetic_setup(args: argparse.Namespace, tune_allocator: bool = True):
     return cfg, device, data, model, dict(test_accuracy=float("nan"), source="random weights")
 
 
-def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.device, reps: int) -> float:
+def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.device, reps: int,
+                  tf32: bool = False) -> float:
     """Seconds per row of one iteration's unavoidable work on batch x (B, C, H, W)."""
     def step():
         xi = x.clone().requires_grad_(True)
@@ -115,10 +124,30 @@ def floor_per_row(model, x: torch.Tensor, kc: int, method: str, device: torch.de
         with torch.no_grad():
             model(x)
 
-    with input_gradients_only(model):
+    with input_gradients_only(model), model_precision(tf32):
         step()  # warm-up
         _, t = timed(step, device, reps)
     return t / x.shape[0]
+
+
+def tf32_effect(tf32_margins: torch.Tensor, fp32, names: list[str]) -> dict:
+    """Print and return how TF32 moved the margins: per space the two medians and the median and
+    largest relative change of a margin; rows infinite in either run are left out."""
+    a = tf32_margins.double()
+    b = fp32.margin.reshape(a.shape).cpu().double()
+    ok = torch.isfinite(a) & torch.isfinite(b) & (b > 0)
+    print(f"{'space':8s} {'median fp32':>12s} {'median tf32':>12s} {'rel. change':>12s} {'median |rel|':>13s} "
+          f"{'max |rel|':>10s}")
+    table = {}
+    for s, name in enumerate(names):
+        rel = ((a[s] - b[s]).abs() / b[s])[ok[s]]
+        med_a, med_b = float(a[s][ok[s]].median()), float(b[s][ok[s]].median())
+        row = dict(median_fp32=med_b, median_tf32=med_a, median_rel_change=(med_a - med_b) / med_b,
+                   median_abs_rel=float(rel.median()), max_abs_rel=float(rel.max()))
+        table[name] = row
+        print(f"{name:8s} {med_b:12.5g} {med_a:12.5g} {row['median_rel_change']:12.2e} {row['median_abs_rel']:13.2e} "
+              f"{row['max_abs_rel']:10.2e}")
+    return table
 
 
 def main() -> None:
@@ -139,6 +168,8 @@ def main() -> None:
     p.add_argument("--sync-every", type=int, default=1, help="iterations between host syncs (as experiment=margin)")
     p.add_argument("--candidates", type=int, default=10, help="K', top-k candidate classes")
     p.add_argument("--default-allocator", action="store_true", help="leave glibc's allocator untuned (CPU)")
+    p.add_argument("--tf32", action="store_true",
+                   help="model matmuls/convs in TF32 (experiment.deepfool.tf32=true); also compares with float32")
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.variant=flip")
     args = p.parse_args()
 
@@ -158,10 +189,11 @@ def main() -> None:
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.model} on {args.dataset} "
           f"(test accuracy {info['test_accuracy']:.4f}), {x.shape[0]} samples x {1 + len(blocks)} spaces = "
           f"{n_rows} rows, batch {batch_rows}, K' = {kc}, host sync every {sync_every} iteration(s)"
-          f"{', random weights and inputs' if args.synthetic else ''}")
+          f"{', random weights and inputs' if args.synthetic else ''}{', model in TF32' if args.tf32 else ''}")
 
-    def batched(method: str, keep: bool = False):
-        common = dict(batch_rows=batch_rows, vjp=method, keep_perturbation=keep, candidates=kc, sync_every=sync_every)
+    def batched(method: str, keep: bool = False, tf32: bool = args.tf32):
+        common = dict(batch_rows=batch_rows, vjp=method, keep_perturbation=keep, candidates=kc, sync_every=sync_every,
+                      tf32=tf32)
         if blocks:
             return deepfool_subspaces(model, x, blocks, **common)
         return deepfool(model, x, **common)
@@ -181,8 +213,8 @@ def main() -> None:
     rows = torch.arange(n_rows, device=device)[finite][:floor_batch]
     at_x = x[rows % x.shape[0]]
     at_r = at_x + pert[rows] / 1.02
-    floors = {m: (floor_per_row(model, at_x, kc, m, device, args.reps),
-                  floor_per_row(model, at_r, kc, m, device, args.reps)) for m in args.vjp}
+    floors = {m: (floor_per_row(model, at_x, kc, m, device, args.reps, args.tf32),
+                  floor_per_row(model, at_r, kc, m, device, args.reps, args.tf32)) for m in args.vjp}
     first = min(f[0] for f in floors.values())
     later = min(f[1] for f in floors.values())
     for m, (f1, f2) in floors.items():
@@ -210,7 +242,7 @@ def main() -> None:
                 loop_iters += it
 
     if n_loop:
-        with input_gradients_only(model):
+        with input_gradients_only(model), fp32_precision("ieee"):  # the yardstick: always full float32
             _, t_loop = timed(loop, device)
         loop_per_sample = t_loop / n_loop
         print(f"per-sample loop: {n_loop} samples in {t_loop:.2f} s = {1 / loop_per_sample:.1f} samples/s, "
@@ -221,21 +253,26 @@ def main() -> None:
           f"{'median rel. diff':>17s}")
     out = dict(device=str(device), threads=torch.get_num_threads(), model=args.model, dataset=args.dataset,
                synthetic=args.synthetic, samples=int(x.shape[0]), spaces=1 + len(blocks), batch_rows=batch_rows,
-               candidates=kc, sync_every=sync_every,
+               candidates=kc, sync_every=sync_every, tf32=args.tf32,
                floor_ms={m: dict(at_x=1e3 * f[0], at_x_plus_r=1e3 * f[1]) for m, f in floors.items()},
                loop=dict(samples=n_loop, seconds=t_loop, samples_per_s=1 / loop_per_sample if n_loop else None),
                batched={})
     for m, r in results.items():
         speedup = loop_per_sample / (r["seconds"] / x.shape[0])
-        b = r.pop("margins")[:, :n_loop].numpy()
+        r["margins_all"] = r.pop("margins")
+        b = r["margins_all"][:, :n_loop].numpy()
         rel = float(np.median(np.abs(b - loop_margins) / loop_margins)) if n_loop else float("nan")
         print(f"{m:8s} {r['samples_per_s']:10.1f} {r['mean_iterations']:6.2f} {r['per_row_iteration_ms']:10.4f} "
               f"{speedup:7.1f}x {r['floor_ratio']:12.2f} {rel:17.2e}")
-        out["batched"][m] = dict(r, speedup_vs_loop=speedup, median_rel_diff_vs_loop=rel,
+        out["batched"][m] = dict({k: v for k, v in r.items() if k != "margins_all"}, speedup_vs_loop=speedup,
+                                 median_rel_diff_vs_loop=rel,
                                  samples_per_s_per_space=r["samples_per_s"] * (1 + len(blocks)))
     best = min(results.values(), key=lambda r: r["seconds"])
     print(f"per space: {best['samples_per_s'] * (1 + len(blocks)):.1f} samples/s; rows computed incl. frozen "
           f"ones waiting for a sync: {best['computed_rows'] / best['row_iterations']:.3f} x the row-iterations")
+    if args.tf32:
+        out["tf32_vs_fp32"] = tf32_effect(results[args.vjp[0]]["margins_all"], batched(args.vjp[0], tf32=False),
+                                          ["full"] + [b.name for b in blocks])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

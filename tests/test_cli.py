@@ -28,8 +28,8 @@ def default_run(tmp_path_factory, digits_cache) -> Path:
 
 
 def test_default_run_writes_every_output(default_run):
-    for name in ["margins.csv", "summary.csv", "margins.npy", "run.json", "margins.png", "examples.png",
-                 "training.csv", "config_resolved.yaml", ".hydra/config.yaml"]:
+    for name in ["margins.csv", "summary.csv", "margins.npy", "margins_full.npy", "run.json", "margins.png",
+                 "examples.png", "training.csv", "config_resolved.yaml", ".hydra/config.yaml"]:
         assert (default_run / name).is_file(), name
     margins = pd.read_csv(default_run / "margins.csv")
     assert list(margins.columns) == MARGIN_COLUMNS
@@ -40,10 +40,13 @@ def test_default_run_writes_every_output(default_run):
     summary = pd.read_csv(default_run / "summary.csv")
     assert list(summary.columns)[-len(SUMMARY_COLUMNS):] == SUMMARY_COLUMNS
     assert list(summary["subspace"]) == ["full", "dct_0", "dct_1", "dct_2", "dct_3", "dct_4"]
-    arr = np.load(default_run / "margins.npy")
-    assert arr.shape == (6, 100)
+    arr = np.load(default_run / "margins.npy")  # hold-me-tight's layout: the subspaces only
+    assert arr.shape == (5, 100) and arr.dtype == np.float32
+    for s, name in enumerate(["dct_0", "dct_1", "dct_2", "dct_3", "dct_4"]):
+        block = margins[margins["subspace"] == name].sort_values("sample_index")["margin_l2"].to_numpy()
+        assert np.allclose(arr[s], block, rtol=1e-6), name
     full = margins[margins["subspace"] == "full"].sort_values("sample_index")["margin_l2"].to_numpy()
-    assert np.allclose(arr[0], full, rtol=1e-6)
+    assert np.allclose(np.load(default_run / "margins_full.npy"), full, rtol=1e-6)
     info = json.loads((default_run / "run.json").read_text())
     for key in RUN_KEYS:
         assert key in info, key

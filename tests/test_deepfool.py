@@ -1,5 +1,7 @@
 """Batched DeepFool: closed-form affine cases, agreement with the per-sample reference, contracts."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -262,3 +264,174 @@ def test_top_k_candidates_with_k_equal_to_all_classes_match_the_all_class_refere
     ref3 = torch.tensor([float(deepfool_single(model, x[i], None, candidates=3)[0].norm()) for i in range(12)])
     assert torch.allclose(top3.margin, ref3, rtol=1e-3)
     assert (top3.margin >= top_all.margin * (1 - 1e-3)).float().mean() > 0.5  # fewer targets: rarely closer
+
+
+# --- exact agreement and the semantics an agreement test with loose tolerances would not pin down -------
+
+@contextmanager
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall when other processes share the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained_digits_cnn():
+    """A small CNN trained for 200 SGD steps on sklearn's 8x8 digits (fixed seed), then in float64, and
+    60 held-out digits in float64. In float64 the batched DeepFool and the per-sample transcription
+    differ by rounding only (~1e-14), so every discrete decision must coincide."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    with one_thread():
+        for _ in range(200):
+            i = torch.randint(0, 1500, (32,), generator=g)
+            loss = nn.functional.cross_entropy(net(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net = net.double().eval()
+    test = x[1500:1560].double()
+    with torch.no_grad():
+        acc = float((net(test).argmax(1) == y[1500:1560]).double().mean())
+    assert acc > 0.7  # a trained model, not a random one
+    return net, test
+
+
+@pytest.mark.parametrize("candidates", [10, 3])
+def test_float64_batched_equals_the_transcription_on_a_trained_cnn(trained_digits_cnn, candidates):
+    with one_thread():
+        _float64_agreement(*trained_digits_cnn, candidates)
+
+
+def _float64_agreement(model, x, candidates):
+    blocks = diagonal_blocks(8, 4, 1)  # all five 4x4 blocks, offsets 0..4
+    res = deepfool_subspaces(model, x, blocks, batch_rows=23, candidates=candidates)  # refills mid-run
+    assert res.margin.dtype == torch.float64
+    bases = [None] + [dense_block_basis(8, 1, b, dtype=torch.float64) for b in blocks]
+    ref = torch.zeros(len(bases), x.shape[0], dtype=torch.float64)
+    it_ref = torch.zeros(len(bases), x.shape[0], dtype=torch.long)
+    adv_ref = torch.zeros_like(it_ref)
+    for s, basis in enumerate(bases):
+        for i in range(x.shape[0]):
+            pert, it, k0, k_adv = deepfool_single(model, x[i], basis, candidates=candidates)
+            ref[s, i], it_ref[s, i], adv_ref[s, i] = pert.norm(), it, k_adv
+            assert k0 == res.prediction[s, i]
+    assert torch.isfinite(ref).all() and res.converged.all()
+    assert it_ref.max() >= 3 and (it_ref >= 2).float().mean() > 0.5  # several iterations: the loop is exercised
+    torch.testing.assert_close(res.margin, ref, rtol=1e-6, atol=0)
+    assert torch.equal(res.iterations, it_ref)
+    assert torch.equal(res.adv_label, adv_ref)
+    # the single-space entry point, with the other VJP method, is the same algorithm
+    for s, blk in enumerate([None, *blocks]):
+        one = deepfool(model, x, subspace=blk, vjp="batched", batch_rows=17, candidates=candidates)
+        torch.testing.assert_close(one.margin, ref[s], rtol=1e-6, atol=0)
+        assert torch.equal(one.iterations, it_ref[s]) and torch.equal(one.adv_label, adv_ref[s])
+
+
+class Reranker(nn.Module):
+    """Three logits of x1 = the first pixel, piecewise linear, built so that the class ranked second
+    changes along the first DeepFool step:
+
+        f0 = 0,   f1 = -1 + x1 - 0.5 relu(x1 - 0.5),   f2 = -1.2 + x1.
+
+    From x1 = 0 with two candidates (the top-2 at x: classes 0 and 1, fixed), DeepFool steps 1 then 0.5
+    towards class 1 and stops at 1.02 * 1.5 = 1.53, where class 2 wins: margin 1.53, 2 iterations,
+    adversarial label 2. Re-ranking at x1 = 1 (f1 = -0.25 < f2 = -0.2) would target class 2 instead and
+    stop at 1.02 * 1.2 = 1.224."""
+
+    def forward(self, x):
+        x1 = x.flatten(1)[:, 0]
+        f1 = -1 + x1 - 0.5 * torch.relu(x1 - 0.5)
+        return torch.stack([torch.zeros_like(x1), f1, -1.2 + x1], dim=1)
+
+
+def _deepfool_reranked(model, x, candidates, overshoot=OS, max_iter=100):
+    """The wrong semantics, for contrast: full-space DeepFool that re-ranks its candidates at every iterate."""
+    with torch.no_grad():
+        k0 = int(model(x.unsqueeze(0))[0].argmax())
+    r, it, k_adv = torch.zeros_like(x), 0, k0
+    while k_adv == k0 and it < max_iter:
+        xg = (x + r).unsqueeze(0).requires_grad_(True)
+        fs = model(xg)[0]
+        order = [int(k) for k in torch.argsort(fs.detach(), descending=True) if int(k) != k0][: candidates - 1]
+        best, w = float("inf"), None
+        for k in order:
+            (wk,) = torch.autograd.grad(fs[k] - fs[k0], xg, retain_graph=True)
+            val = float((fs[k] - fs[k0]).detach().abs() / wk.norm())
+            if val < best:
+                best, w = val, wk[0]
+        r = r + max(best, 1e-4) * w / w.norm()
+        with torch.no_grad():
+            k_adv = int(model((x + (1 + overshoot) * r).unsqueeze(0))[0].argmax())
+        it += 1
+    return (1 + overshoot) * r, it, k0, k_adv
+
+
+def test_candidates_stay_the_top_k_at_x_and_are_never_re_ranked():
+    model = Reranker().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 2, 2, generator=g, dtype=torch.float64)
+    x[:, 0, 0, 0] = 0.0  # x1 = 0; the other pixels do not matter
+    res = deepfool(model, x, candidates=2)
+    torch.testing.assert_close(res.margin, torch.full((3,), 1.53, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert res.iterations.tolist() == [2, 2, 2] and res.adv_label.tolist() == [2, 2, 2]
+    assert res.converged.all() and res.prediction.tolist() == [0, 0, 0]
+    for i in range(3):
+        pert, it, k0, k_adv = deepfool_single(model, x[i], candidates=2)
+        assert float(pert.norm()) == pytest.approx(1.53, rel=1e-12) and (it, k0, k_adv) == (2, 0, 2)
+        wrong, it, _, k_adv = _deepfool_reranked(model, x[i], candidates=2)
+        assert float(wrong.norm()) == pytest.approx(1.224, rel=1e-12) and (it, k_adv) == (2, 2)
+    # with every class a candidate the ranking cannot matter: class 2's step is the shorter one at x1 = 1
+    full = deepfool(model, x, candidates=3)
+    torch.testing.assert_close(full.margin, torch.full((3,), 1.224, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("subspace", [None, DCTBlock(0, 2, 4), DCTBlock(2, 2, 4)])
+def test_steps_below_the_minimum_are_taken_at_1e_4(subspace):
+    """On an affine two-class model a point at linearised distance d from the boundary (inside the
+    subspace) gets one step of max(d, 1e-4): margin (1 + overshoot) * max(d, 1e-4), one iteration."""
+    g = torch.Generator().manual_seed(3)
+    n = 4
+    model = Affine(torch.randn(2, n * n, generator=g, dtype=torch.float64),
+                   torch.randn(2, generator=g, dtype=torch.float64)).eval()
+    w = model.w.detach()
+    pw = (w[1] - w[0]).view(1, n, n)
+    if subspace is not None:
+        pw = project(pw, subspace)
+    u = pw / pw.norm()  # unit direction of the (projected) gradient of f1 - f0
+    dist = torch.tensor([1e-7, 3e-5, 9.5e-5, 2e-4, 5e-3], dtype=torch.float64)
+    x = torch.rand(5, 1, n, n, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+    # move each point along u until f0 - f1 = d ‖P (w1 - w0)‖: class 0 predicted, distance d in the subspace
+    t = ((logits[:, 0] - logits[:, 1]) - dist * pw.norm()) / pw.norm()
+    x = x + t.view(-1, 1, 1, 1) * u
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close((logits[:, 0] - logits[:, 1]) / pw.norm(), dist, rtol=1e-6, atol=1e-12)
+    res = deepfool(model, x, subspace=subspace, candidates=2)
+    expected = (1 + OS) * torch.clamp(dist, min=1e-4)
+    torch.testing.assert_close(res.margin, expected, rtol=1e-7, atol=0)
+    assert res.iterations.tolist() == [1] * 5 and res.converged.all() and res.adv_label.tolist() == [1] * 5
+    assert res.prediction.tolist() == [0] * 5
+    torch.testing.assert_close(res.margin[:3], torch.full((3,), (1 + OS) * 1e-4, dtype=torch.float64),
+                               rtol=1e-12, atol=0)  # all three below the floor
+    for i in range(5):  # and the transcription agrees
+        basis = None if subspace is None else dense_block_basis(n, 1, subspace, dtype=torch.float64)
+        pert, it, k0, k_adv = deepfool_single(model, x[i], basis, candidates=2)
+        assert float(pert.norm()) == pytest.approx(float(expected[i]), rel=1e-7) and (it, k0, k_adv) == (1, 0, 1)

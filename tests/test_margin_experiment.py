@@ -27,3 +27,91 @@ def test_only_eligible_samples_and_too_many():
         select_samples(50, 26, 0, eligible)
     with pytest.raises(BoundaryError, match="only 50 test images"):
         select_samples(50, 51, 0)
+
+
+# --- the outputs of a run: margins.npy in hold-me-tight's layout, the full space apart, tf32 -----------
+
+@pytest.fixture(scope="module")
+def margin_runs(tmp_path_factory):
+    """``execute`` of experiment=margin on digits (quick training, 12 samples in chunks of 5), once with
+    the full space and once without, sharing one cache; and a runner for further runs in that cache."""
+    from hydra import compose, initialize_config_module
+
+    from boundary_cli.runner import execute
+
+    root = tmp_path_factory.mktemp("margin_runs")
+
+    def run(name, *overrides):
+        with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+            cfg = compose("config", overrides=["training=quick", f"paths.cache_dir={root / 'cache'}",
+                                               "experiment.n_samples=12", "experiment.chunk_size=5", *overrides])
+        info = execute(cfg, root / name, progress=False)
+        return root / name, info
+
+    return dict(full=run("full"), no_full=run("no_full", "experiment.subspaces.include_full=false"), run=run)
+
+
+def _csv_margins(folder):
+    import pandas as pd
+
+    table = pd.read_csv(folder / "margins.csv")
+    names = list(dict.fromkeys(table["subspace"]))
+    return names, {s: t.sort_values("sample_index")["margin_l2"].to_numpy() for s, t in table.groupby("subspace")}
+
+
+def test_margins_npy_holds_the_subspaces_only_and_margins_full_the_full_space(margin_runs):
+    import numpy as np
+
+    folder, info = margin_runs["full"]
+    names, csv = _csv_margins(folder)
+    assert names[0] == "full" and len(names) == 6  # full space + 5 blocks of 4x4 on 8x8 digits
+    arr = np.load(folder / "margins.npy")
+    assert arr.dtype == np.float32 and arr.shape == (5, 12)  # (n_subspaces, n_samples), as hold-me-tight saves it
+    for s, name in enumerate(names[1:]):
+        np.testing.assert_array_equal(arr[s], csv[name].astype(np.float32))
+    full = np.load(folder / "margins_full.npy")
+    assert full.dtype == np.float32 and full.shape == (12,)
+    np.testing.assert_array_equal(full, csv["full"].astype(np.float32))
+    assert info["n_subspaces"] == 6 and info["tf32"] is False
+
+    folder, info = margin_runs["no_full"]
+    names, csv = _csv_margins(folder)
+    assert "full" not in names and not (folder / "margins_full.npy").exists()
+    arr = np.load(folder / "margins.npy")
+    assert arr.dtype == np.float32 and arr.shape == (5, 12)
+    for s, name in enumerate(names):
+        np.testing.assert_array_equal(arr[s], csv[name].astype(np.float32))
+    np.testing.assert_allclose(arr, np.load(margin_runs["full"][0] / "margins.npy"), rtol=1e-5)
+
+
+def test_tf32_is_passed_to_deepfool_recorded_and_part_of_the_chunk_key(margin_runs, monkeypatch):
+    import numpy as np
+
+    from boundary_cli.experiments import margin
+
+    seen = []
+    real = margin.deepfool_subspaces
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("tf32"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(margin, "deepfool_subspaces", spy)
+    run = margin_runs["run"]
+    _, again = run("again")  # the settings of the first run: every chunk reused
+    assert again["chunks_reused"] == again["chunks_total"] == 3 and seen == []
+    folder, on = run("tf32", "experiment.deepfool.tf32=true")  # chunks measured without TF32 are not reused
+    assert on["chunks_reused"] == 0 and on["tf32"] is True and seen == [True] * 3
+    _, on_again = run("tf32_again", "experiment.deepfool.tf32=true")
+    assert on_again["chunks_reused"] == 3 and seen == [True] * 3
+    # on CPU the flag changes nothing in the arithmetic
+    np.testing.assert_array_equal(np.load(folder / "margins.npy"), np.load(margin_runs["full"][0] / "margins.npy"))
+    _, off = run("off", "experiment.deepfool.tf32=false")  # the float32 chunks of the first run
+    assert off["chunks_reused"] == 3 and off["tf32"] is False and seen == [True] * 3
+    # the other direction: with only TF32 chunks cached (overshoot 0.03 is new), a float32 run computes its own
+    _, only = run("only_tf32", "experiment.deepfool.tf32=true", "experiment.deepfool.overshoot=0.03")
+    assert only["chunks_reused"] == 0 and seen == [True] * 6
+    _, fresh = run("fresh", "experiment.deepfool.tf32=false", "experiment.deepfool.overshoot=0.03")
+    assert fresh["chunks_reused"] == 0 and seen == [True] * 6 + [False] * 3
+    with pytest.raises(BoundaryError, match="tf32"):
+        run("bad", "experiment.deepfool.tf32=maybe")

@@ -73,9 +73,59 @@ def test_submitit_shards_merge_into_the_unsharded_result(tmp_path):
         assert merged[col].tolist() == whole[col].tolist(), col
     np.testing.assert_allclose(merged["margin_l2"], whole["margin_l2"], rtol=1e-5)
     assert (merged["overrides"] == whole["overrides"]).all()  # the shard tokens are gone
+    # margins.npy: the subspace rows only, (n_subspaces, n_samples) float32; margins_full.npy: the full space
+    names = list(dict.fromkeys(merged["subspace"]))
+    assert names[0] == "full"
+    for folder, table in ((merged_dirs[0], merged), (tmp_path / "whole", whole)):
+        arr, full = np.load(folder / "margins.npy"), np.load(folder / "margins_full.npy")
+        assert arr.dtype == full.dtype == np.float32
+        assert arr.shape == (len(names) - 1, 60) and full.shape == (60,)
+        by = {s: t.sort_values("sample_index")["margin_l2"].to_numpy(dtype="float32")
+              for s, t in table.groupby("subspace")}
+        for s, name in enumerate(names[1:]):
+            np.testing.assert_array_equal(arr[s], by[name])
+        np.testing.assert_array_equal(full, by["full"])
     np.testing.assert_allclose(np.load(merged_dirs[0] / "margins.npy"), np.load(tmp_path / "whole" / "margins.npy"),
                                rtol=1e-5)
+    np.testing.assert_allclose(np.load(merged_dirs[0] / "margins_full.npy"),
+                               np.load(tmp_path / "whole" / "margins_full.npy"), rtol=1e-5)
     summary, whole_summary = pd.read_csv(merged_dirs[0] / "summary.csv"), pd.read_csv(tmp_path / "whole" / "summary.csv")
     np.testing.assert_allclose(summary["median"], whole_summary["median"], rtol=1e-5)
     report = pd.read_csv(sweep / "report" / "summary.csv")
     assert report["run"].nunique() == 1  # the four shards count as one run in the sweep report
+
+
+@pytest.mark.parametrize("include_full", [True, False])
+def test_shard_merge_writes_the_hold_me_tight_layout(tmp_path, include_full):
+    """The merge of ``boundary report`` writes margins.npy as the margin experiment does: subspace rows
+    only, (n_subspaces, n_samples) float32, and margins_full.npy (n_samples,) only when the full space
+    was measured."""
+    from boundary_cli.reporting.report import _merge_shards
+
+    spaces = (["full"] if include_full else []) + ["dct_0", "dct_1", "dct_2"]
+    rng = np.random.default_rng(0)
+
+    def shard(samples):
+        rows = [dict(dataset="digits", variant="none", model="m", training="t", seed=0,
+                     overrides=f"shard.index={samples[0] // 4} shard.count=2", sample_index=i, label=0, prediction=0,
+                     correct=True, subspace=s, offset=k, block=4, dim=16, margin_l2=float(rng.uniform(0.1, 3)),
+                     margin_linf=0.1, n_iter=2, converged=True, adv_label=1)
+                for k, s in enumerate(spaces) for i in samples]
+        return pd.DataFrame(rows)
+
+    tables = {0: ("a", shard([0, 1, 2, 3])), 1: ("b", shard([4, 5, 6]))}
+    group = ((("dataset", "digits"), ("overrides", "")), 2)
+    _, merged, _ = _merge_shards(group, tables, tmp_path)
+    folder = tmp_path / "shards" / "run"
+    arr = np.load(folder / "margins.npy")
+    assert arr.dtype == np.float32 and arr.shape == (3, 7)
+    for s, name in enumerate(["dct_0", "dct_1", "dct_2"]):
+        want = merged[merged["subspace"] == name].sort_values("sample_index")["margin_l2"].to_numpy(dtype="float32")
+        np.testing.assert_array_equal(arr[s], want)
+    if include_full:
+        full = np.load(folder / "margins_full.npy")
+        want = merged[merged["subspace"] == "full"].sort_values("sample_index")["margin_l2"].to_numpy(dtype="float32")
+        assert full.dtype == np.float32 and full.shape == (7,)
+        np.testing.assert_array_equal(full, want)
+    else:
+        assert not (folder / "margins_full.npy").exists()

@@ -61,6 +61,8 @@ def validate(cfg: DictConfig) -> None:
     gb = df.max_memory_gb
     if gb != "auto" and (isinstance(gb, bool) or not isinstance(gb, (int, float)) or gb <= 0):
         raise BoundaryError(f"experiment.deepfool.max_memory_gb must be a number > 0 (GiB) or 'auto', got {gb!r}")
+    if not isinstance(df.get("tf32", False), bool):
+        raise BoundaryError(f"experiment.deepfool.tf32 must be true or false, got {df.get('tf32')!r}")
     if not isinstance(df.overshoot, (int, float)) or df.overshoot < 0:
         raise BoundaryError(f"experiment.deepfool.overshoot must be a number >= 0, got {df.overshoot!r}")
     positive_int(e.subspaces.block, "experiment.subspaces.block")
@@ -167,6 +169,20 @@ def _measure(ctx: RunContext, chunks: list[Tensor], blocks: list[DCTBlock], incl
     return {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}, stats
 
 
+def margin_arrays(margin: np.ndarray, include_full: bool) -> dict[str, np.ndarray]:
+    """The .npy outputs of (S, N) margins, spaces in table order (full space first when measured).
+
+    ``margins``: the subspace rows only, float32 (n_subspaces, n_samples), exactly the array
+    hold-me-tight's ``compute_margin_distribution`` saves (so its plotting code reads it unchanged);
+    ``margins_full``: the full-space row, float32 (n_samples,), only when the full space was measured.
+    """
+    margin = np.asarray(margin, dtype=np.float32)
+    out = {"margins": margin[1:] if include_full else margin}
+    if include_full:
+        out["margins_full"] = margin[0]
+    return out
+
+
 def run(ctx: RunContext) -> ExperimentOutput:
     e = ctx.cfg.experiment
     data = ctx.data
@@ -203,11 +219,13 @@ def run(ctx: RunContext) -> ExperimentOutput:
     batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, budget)
                   if e.batch_rows == "auto" else int(e.batch_rows))
     sync_every = int(e.deepfool.sync_every)
+    tf32 = bool(e.deepfool.get("tf32", False))
+    # every entry enters the chunk cache key: a chunk measured with TF32 is never reused without, nor the reverse
     params = dict(candidates=int(e.deepfool.candidates), overshoot=float(e.deepfool.overshoot),
-                  max_iter=int(e.deepfool.max_iter), clip=clip)
-    log.info("margin: %d samples x %d subspaces (%s), %d rows per batch, host sync every %d iteration(s) on %s",
+                  max_iter=int(e.deepfool.max_iter), clip=clip, tf32=tf32)
+    log.info("margin: %d samples x %d subspaces (%s), %d rows per batch, host sync every %d iteration(s) on %s%s",
              len(idx), len(spaces), ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""),
-             batch_rows, sync_every, ctx.device)
+             batch_rows, sync_every, ctx.device, ", model in TF32" if tf32 else "")
 
     res, stats = _measure(ctx, chunks, blocks, include_full, params, batch_rows, sync_every)
     n_s, n = res["margin"].shape
@@ -237,7 +255,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         figures = {"margins": margins_figure(table, summary, title),
                    "examples": examples_figure(examples, f"{data.name} test images (this run: {data.variant})")}
     stats.update(n_samples=int(n), n_samples_chosen=len(chosen), n_subspaces=int(n_s), batch_rows=batch_rows,
-                 sync_every=sync_every, memory_budget_gb=round(budget / 2**30, 3), candidates=kc,
+                 sync_every=sync_every, tf32=tf32, memory_budget_gb=round(budget / 2**30, 3), candidates=kc,
                  shard=dict(index=shard_index, count=shard_count),
                  mean_iterations=float(res["iterations"].mean()) if n else None,
                  accuracy_measured=float(table["correct"].mean()) if n else None)
@@ -246,7 +264,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
                  row["median_ci_low"], row["median_ci_high"], 100 * row["share_converged"])
     return ExperimentOutput(
         tables={"margins": table, "summary": summary},
-        arrays={"margins": res["margin"].astype(np.float32)},
+        arrays=margin_arrays(res["margin"], include_full),
         figures=figures,
         stats=stats,
     )

@@ -5,6 +5,10 @@ Everything here acts per channel on tensors shaped (..., H, W). The DCT is the m
 device. A DCT block subspace is never built as a dense basis: projecting onto it means keeping a
 ``block × block`` window of coefficients (a mask in the DCT domain); in batches the mask is the
 outer product of a per-row frequency indicator with itself, never materialised.
+
+Every matmul here runs in full IEEE float32 (or the input's wider dtype), whatever the process-wide
+TF32 setting: the projection decides when a block is blind to a gradient (``INVARIANT_RTOL`` in
+:mod:`~boundary_cli.geometry.deepfool`), and TF32's 10-bit mantissa would bias small projections.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+from boundary_cli.geometry.precision import ieee_matmul
 
 
 @lru_cache(maxsize=64)
@@ -49,13 +55,15 @@ def dct2(x: Tensor) -> Tensor:
     Equals ``scipy.fft.dctn(x, type=2, axes=(-2, -1), norm="ortho")``.
     """
     dh, dw = _matrices(x)
-    return dh @ x @ dw.T
+    with ieee_matmul():
+        return dh @ x @ dw.T
 
 
 def idct2(c: Tensor) -> Tensor:
     """Inverse of :func:`dct2`: coefficients (..., H, W) -> image (..., H, W)."""
     dh, dw = _matrices(c)
-    return dh.T @ c @ dw
+    with ieee_matmul():
+        return dh.T @ c @ dw
 
 
 def dct_flip(x: Tensor) -> Tensor:

@@ -14,6 +14,10 @@ batch and the next pending row takes its place, so the batch stays full until th
 Per iteration and row: one forward with gradients, K'-1 vector-Jacobian products (K' candidates)
 and one forward without gradients for the stop test. The only host sync retires finished rows and
 refills the batch, once every ``sync_every`` iterations; in between, finished rows ride along frozen.
+
+Precision: the model's forwards and backwards run in full IEEE float32 unless ``tf32=True`` asks for
+TF32 (faster on Ampere+ GPUs; a scope around the model calls only, restored afterwards); the DCT
+projection always runs in IEEE float32 (:mod:`boundary_cli.geometry.precision`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from boundary_cli.geometry.dct import DCTBlock, block_indicator, idct2, masked_dct2
+from boundary_cli.geometry.precision import model_precision
 
 VJP_METHODS = ("loop", "batched")
 MIN_STEP = 1e-4
@@ -129,22 +134,24 @@ def _deepfool_rows(
     vjp: str,
     progress: Callable[[int], None] | None,
     sync_every: int = 1,
+    tf32: bool = False,
 ) -> DeepFoolResult:
     """The shared core: DeepFool on rows ``x[row_sample]``. ``row_block`` (R, 2) holds each row's
     DCT block as (offset, size), (0, n) being the full space; None runs every row in full space
-    without any projection. Outputs have leading shape (R,)."""
+    without any projection. ``tf32`` lets the model calls (forwards, their backwards and the stop
+    test) use TF32. Outputs have leading shape (R,)."""
     n_rows = int(row_sample.shape[0])
     dev = x.device
     n_img = x.shape[-1]
-    with torch.no_grad():
+    with torch.no_grad(), model_precision(tf32):
         n_classes = int(model(x[:1]).shape[1])
     kc = min(candidates, n_classes)
     if kc < 2:
         raise ValueError("DeepFool needs at least two candidate classes")
     inf = torch.tensor(float("inf"), device=dev)
 
-    margin = torch.empty(n_rows, device=dev)
-    margin_linf = torch.empty(n_rows, device=dev)
+    margin = torch.empty(n_rows, dtype=x.dtype, device=dev)
+    margin_linf = torch.empty(n_rows, dtype=x.dtype, device=dev)
     iterations = torch.zeros(n_rows, dtype=torch.long, device=dev)
     converged = torch.zeros(n_rows, dtype=torch.bool, device=dev)
     prediction = torch.zeros(n_rows, dtype=torch.long, device=dev)
@@ -194,7 +201,7 @@ def _deepfool_rows(
                 if clip is not None:
                     xi = xi.clamp(*clip)
                 xi.requires_grad_(True)
-                with torch.enable_grad():
+                with torch.enable_grad(), model_precision(tf32):
                     logits = model(xi)
                     if take > 0 and step == 0:  # a new row's candidates: top-k of the logits at x (r = 0)
                         cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
@@ -222,7 +229,8 @@ def _deepfool_rows(
                     xs = xa + (1.0 + overshoot) * ra
                     if clip is not None:
                         xs = xs.clamp(*clip)
-                    k_adv = model(xs).argmax(dim=1)
+                    with model_precision(tf32):
+                        k_adv = model(xs).argmax(dim=1)
                 it = it + active.long()
                 flipped = k_adv != cand[:, 0]
                 newly = active & (flipped | (it >= max_iter) | stuck)
@@ -283,6 +291,7 @@ def deepfool(
     vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
     sync_every: int = 1,
+    tf32: bool = False,
 ) -> DeepFoolResult:
     """Minimal L2 perturbation that changes the model's label, per sample, by DeepFool.
 
@@ -303,6 +312,9 @@ def deepfool(
         sync_every: iterations between the host syncs that retire finished rows and refill the
             batch; in between, finished rows stay frozen in the batch (their compute is wasted, and
             counted), so the GPU never waits for the host. 1 retires rows after every iteration.
+        tf32: run the model's forwards and backwards with TF32 matmuls and convolutions (CUDA,
+            Ampere+); False (default) keeps them in full float32. The DCT projection is float32
+            either way. Restored after each model call; nothing is set process-wide.
 
     Returns:
         :class:`DeepFoolResult` with leading shape (B,).
@@ -312,7 +324,8 @@ def deepfool(
     blocks = None if subspace is None else _block_table([subspace], x).expand(len(rows), 2)
     return _deepfool_rows(model, x, rows, blocks, candidates=candidates, overshoot=overshoot,
                           max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every)
+                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every,
+                          tf32=tf32)
 
 
 def deepfool_subspaces(
@@ -330,6 +343,7 @@ def deepfool_subspaces(
     vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
     sync_every: int = 1,
+    tf32: bool = False,
 ) -> DeepFoolResult:
     """DeepFool for every sample in the full space and in each DCT block, batched over all pairs.
 
@@ -350,7 +364,8 @@ def deepfool_subspaces(
     samples = torch.arange(n, device=x.device).repeat(table.shape[0])
     res = _deepfool_rows(model, x, samples, table.repeat_interleave(n, dim=0), candidates=candidates,
                          overshoot=overshoot, max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every)
+                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every,
+                         tf32=tf32)
     for f in fields(DeepFoolResult):
         v = getattr(res, f.name)
         if isinstance(v, Tensor):

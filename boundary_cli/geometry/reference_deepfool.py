@@ -2,7 +2,8 @@
 
 This is the yardstick the batched :mod:`boundary_cli.geometry.deepfool` is checked and timed
 against. It shares no code with it: one image at a time, a Python loop over the candidates, and a
-subspace given as a dense orthonormal basis ``Sp`` (D × d) built from scipy's inverse DCT.
+subspace given as a dense orthonormal basis ``Sp`` (D × d) built from scipy's inverse DCT. It works
+in the dtype of the image it is given (float64 for exact comparisons).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from boundary_cli.geometry.dct import DCTBlock
 from boundary_cli.geometry.deepfool import INVARIANT_RTOL
 
 
-def dense_block_basis(n: int, channels: int, block: DCTBlock) -> Tensor:
+def dense_block_basis(n: int, channels: int, block: DCTBlock, dtype: torch.dtype = torch.float32) -> Tensor:
     """Dense orthonormal basis of a DCT block: (C·n·n, C·K²), channel-major like ``x.flatten()``.
 
     Column (c, i, j) is the image, zero on every channel but c, whose channel c is the inverse
-    orthonormal DCT (scipy) of a Dirac at (offset+i, offset+j).
+    orthonormal DCT (scipy) of a Dirac at (offset+i, offset+j). Computed in float64, returned as ``dtype``.
     """
     k, a = block.block, block.offset
     cols = []
@@ -32,7 +33,7 @@ def dense_block_basis(n: int, channels: int, block: DCTBlock) -> Tensor:
                 img = np.zeros((channels, n, n))
                 img[c] = scipy.fft.idctn(coef, norm="ortho")
                 cols.append(img.reshape(-1))
-    return torch.tensor(np.stack(cols, axis=1), dtype=torch.float32)
+    return torch.tensor(np.stack(cols, axis=1), dtype=dtype)
 
 
 def deepfool_single(
@@ -48,9 +49,11 @@ def deepfool_single(
 
     Returns ``((1 + overshoot) r, iterations, k0, k_adv)``. A zero projected gradient for every
     candidate (below ``INVARIANT_RTOL`` of the full one) stops the loop and returns an infinite
-    perturbation, as the batched version does.
+    perturbation, as the batched version does. Computes in ``x.dtype`` (the basis is cast to it).
     """
     shape = x.shape
+    if basis is not None:
+        basis = basis.to(dtype=x.dtype, device=x.device)
     with torch.no_grad():
         logits0 = model(x.unsqueeze(0))[0]
     order = torch.argsort(logits0, descending=True)[:candidates]
@@ -68,7 +71,7 @@ def deepfool_single(
             w_k = w_k[0].flatten()
             den = w_k.norm() if basis is None else (basis.T @ w_k).norm()
             if basis is not None and den <= INVARIANT_RTOL * w_k.norm():
-                den = torch.zeros(())
+                den = torch.zeros((), dtype=x.dtype)
             val = float(diff.detach().abs() / den) if den > 0 else float("inf")
             if val < best:
                 best, w = val, w_k

@@ -116,7 +116,8 @@ def strip_shard(overrides: str) -> str:
 def _merge_shards(group: tuple, shards: dict[int, tuple[str, pd.DataFrame]], out: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """Concatenate the margins of one run's shards in the order an unsharded run writes them
     (subspace by subspace, samples ascending), summarise them again, and write margins.csv,
-    summary.csv, margins.npy and margins.png into ``out/shards/<name>/``. Returns (run, margins, summary)."""
+    summary.csv, margins.npy (subspaces only), margins_full.npy (when the full space was measured) and
+    margins.png into ``out/shards/<name>/``. Returns (run, margins, summary)."""
     count = group[1]
     identity = dict(group[0])
     tables = [shards[i][1] for i in sorted(shards)]
@@ -139,7 +140,12 @@ def _merge_shards(group: tuple, shards: dict[int, tuple[str, pd.DataFrame]], out
     write_csv(folder / "summary.csv", summary)
     if len(merged):
         n = merged["sample_index"].nunique()
-        write_npy(folder / "margins.npy", merged["margin_l2"].to_numpy(dtype="float32").reshape(len(order), n))
+        margin = merged["margin_l2"].to_numpy(dtype="float32").reshape(len(order), n)
+        full = [i for i, name in enumerate(order) if name == "full"]
+        # as the margin experiment writes them: subspace rows only in margins.npy, the full space apart
+        write_npy(folder / "margins.npy", margin[[i for i in range(len(order)) if i not in full]])
+        if full:
+            write_npy(folder / "margins_full.npy", margin[full[0]])
         title = (f"{identity.get('dataset')} ({identity.get('variant')}), {identity.get('model')}, "
                  f"{identity.get('training')} seed {identity.get('seed')}: {len(shards)} of {count} shards merged")
         write_figure(folder / "margins.png", margins_figure(merged, summary, title))
@@ -154,8 +160,9 @@ def build_report(sweep_dir: str | Path) -> Path:
     ``report/summary.csv``, each row tagged with its ``run`` folder and a ``label``, and
     ``report/margins.png``: the median margin along frequency, one line per run. The shards of a
     sharded run (``shard.count`` > 1) are merged first into ``report/shards/<overrides>/`` (margins.csv,
-    summary.csv, margins.npy, margins.png: what the unsharded run writes) and count as one run. Runs of the flip
-    and lcr experiments: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged the same way.
+    summary.csv, margins.npy, margins_full.npy, margins.png: what the unsharded run writes) and count as one
+    run. Runs of the flip and lcr experiments: their tables concatenated into
+    ``report/<experiment>/<table>.csv``, tagged the same way.
 
     Returns the report folder. Raises BoundaryError when no run results are found.
     """

@@ -17,4 +17,4 @@ boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/stan
 boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/robust" "model.checkpoint=${ROBUST:?}"
 boundary run -m hydra/launcher=slurm "${common[@]}" hydra.sweep.dir="$sweep/flipped" "model.checkpoint=${FLIPPED:?}" \
   dataset.variant=flip
-boundary report "$sweep"   # report/shards/<run>/{margins,summary}.csv, margins.npy, margins.png per model
+boundary report "$sweep"   # report/shards/<run>/{margins,summary}.csv, margins.npy, margins_full.npy, margins.png per model

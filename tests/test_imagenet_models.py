@@ -214,6 +214,7 @@ def test_normalization_spec():
     assert normalization_spec(OmegaConf.create({"mean": [0.1307], "std": [0.3081]})) == ([0.1307], [0.3081])
     for bad in [None, "imagenet", {"mean": [0.5]}, {"mean": [0.5], "std": [0.0]}, {"mean": [0.5], "std": [1, 2]},
                 {"mean": "0.5", "std": "0.2"}, 0.5]:
-        with pytest.raises(BoundaryError, match=r"dataset \| pixel_mean \| none \| \{mean: \[...\], std: \[...\]\}") as info:
+        forms = r"dataset \| pixel_mean \| none \| \{mean: \[...\], std: \[...\]\}"
+        with pytest.raises(BoundaryError, match=forms) as info:
             normalization_spec(bad)
         assert "\n" not in str(info.value)

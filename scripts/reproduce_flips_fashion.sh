@@ -16,3 +16,5 @@ run train_again_independent experiment=train_again experiment.start=100 experime
 run train_again_sequential experiment=train_again experiment.mode=sequential experiment.n_samples=30 experiment.epoch=5
 # the same 50 points with a 5x finer step: boundary moves smaller than eta = 0.05 become visible
 run train_again_independent_eta001 experiment=train_again experiment.start=100 experiment.n_samples=50 experiment.walk.eta=0.01 experiment.walk.max_steps=10000
+# the same 50 points with a fresh Adam instead of the training run's restored state (what the suite did before issue 11)
+run train_again_independent_fresh experiment=train_again experiment.start=100 experiment.n_samples=50 experiment.optimizer_state=fresh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The four decision-flip experiments on Fashion-MNIST with the MNIST twin of the reference CNN,
-# checkpoints after 5 and 50 epochs of Adam (the README's "Reproducing the decision-flip findings").
+# checkpoints after 5 and 50 epochs of Adam (docs/results.md, "Decision-flip findings on Fashion-MNIST").
 # Trains once (cached), then each experiment writes to outputs/flips_fashion/<name>.
 set -euo pipefail
 OUT=${OUT:-outputs/flips_fashion}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# experiment=lcr on Fashion-MNIST with LeNet (the README's "Results on Fashion-MNIST beside the reference").
+# experiment=lcr on Fashion-MNIST with LeNet (docs/results.md, the lcr results on Fashion-MNIST beside the reference).
 set -euo pipefail
 OUT=${OUT:-outputs/lcr_fashion}
 boundary run experiment=lcr dataset=fashion_mnist model=lenet training=reference "hydra.run.dir=$OUT/lenet_nai"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Margin profiles on Fashion-MNIST with LeNet (the README's standard / robust / flipped table):
+# Margin profiles on Fashion-MNIST with LeNet (the standard / robust / flipped table in docs/results.md):
 # 500 test samples, full space + 21 DCT blocks of 8x8, reference recipe and L2-PGD adversarial
 # training (eps 2, 7 steps; Dykstra projection on flipped data). Each run writes to outputs/margins_fashion/<name>.
 set -euo pipefail

@@ -202,7 +202,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
         by_experiment.setdefault(r.experiment, []).append(r)
     for name, found in by_experiment.items():
         if name != "margin":
-            written += _merge_experiment(EXPERIMENTS[name], found, out, f"{len(found)} runs in {root.name}")
+            written += _merge_experiment(EXPERIMENTS[name], found, out, f"{len(found)} run{'s' * (len(found) != 1)} in {root.name}")
 
     margin_dirs = {r.folder for r in by_experiment.get("margin", []) if "margins" in r.tables}
     margin_dirs |= {csv.parent for csv in root.rglob("margins.csv")
@@ -242,7 +242,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     margins = [m.assign(label=m["run"].map(short)) for m in margins]
     written.append(write_csv(out / "margins.csv", pd.concat(margins, ignore_index=True)))
     written.append(write_csv(out / "summary.csv", summary))
-    fig = EXPERIMENTS["margin"].compare({"summary": summary}, f"{len(summaries)} runs in {root.name}")
+    fig = EXPERIMENTS["margin"].compare({"summary": summary}, f"{len(summaries)} run{'s' * (len(summaries) != 1)} in {root.name}")
     written.append(write_figure(out / "margins.png", fig))
     return out, written
 

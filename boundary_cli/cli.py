@@ -99,13 +99,13 @@ def cmd_list() -> int:
 
 
 def cmd_report(directory: str) -> int:
-    from boundary_cli.reporting.report import build_report
+    from boundary_cli.reporting.report import write_report
 
     try:
-        out = build_report(directory)
+        out, written = write_report(directory)
     except BoundaryError as exc:
         _fail(str(exc))
-    print(f"report written to {out}: margins.csv, summary.csv, margins.png")
+    print(f"report written to {out}: {', '.join(str(f.relative_to(out)) for f in written)}")
     return 0
 
 

@@ -351,13 +351,16 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
                               optimizer_state=str(optimizer_path) if optimizer_path else None), curve
 
 
-def _write_outputs(out_dir: Path, out: ExperimentOutput) -> None:
+def _write_outputs(out_dir: Path, out: ExperimentOutput) -> dict[str, list[str]]:
+    """Write the experiment's tables, arrays and figures; returns their names by kind for run.json
+    (``boundary report`` merges the tables listed there)."""
     for name, table in out.tables.items():
         write_csv(out_dir / f"{name}.csv", table)
     for name, array in out.arrays.items():
         write_npy(out_dir / f"{name}.npy", array)
     for name, fig in out.figures.items():
         write_figure(out_dir / f"{name}.png", fig)
+    return dict(tables=list(out.tables), arrays=list(out.arrays), figures=list(out.figures))
 
 
 def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None,
@@ -378,19 +381,19 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     experiment.validate(cfg)
     check_variant(cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
     shard_index, shard_count = shard_of(cfg)
-    if shard_count > 1 and not getattr(experiment, "SHARDS", False):
+    if shard_count > 1 and not experiment.shards:
         raise BoundaryError(f"experiment={name} cannot be sharded (shard.count={shard_count}); "
-                            f"experiments that can: {', '.join(sorted(k for k, m in EXPERIMENTS.items() if getattr(m, 'SHARDS', False)))}")
+                            f"experiments that can: {', '.join(sorted(k for k, m in EXPERIMENTS.items() if m.shards))}")
     device = prepare_device(shard_device(cfg.device, shard_index, shard_count))
     log.info("device: %s", device)
 
     raw = load_dataset(cfg)
-    if is_lazy(raw.test_x) and not getattr(experiment, "LAZY_DATA", False):
+    if is_lazy(raw.test_x) and not experiment.lazy_data:
         raise BoundaryError(f"experiment={name} needs a dataset held in memory with a training split; "
                             f"dataset={raw.name} is decoded per batch and serves "
-                            f"{', '.join(sorted(k for k, m in EXPERIMENTS.items() if getattr(m, 'LAZY_DATA', False)))}")
+                            f"{', '.join(sorted(k for k, m in EXPERIMENTS.items() if m.lazy_data))}")
     data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
-    epochs = experiment.model_epochs(cfg) if hasattr(experiment, "model_epochs") else [None]
+    epochs = experiment.model_epochs(cfg)
     obtained = [obtain_model(cfg, data, device, progress, epoch=e) for e in epochs]
     model, provenance, _ = obtained[0]
     curve = next((c for _, _, c in obtained if c is not None), None)
@@ -410,14 +413,15 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
                      snapshots={e: (m, p) for e, (m, p, _) in zip(epochs, obtained)})
     out = experiment.run(ctx)
 
-    _write_outputs(out_dir, out)
+    written = _write_outputs(out_dir, out)
     if curve is not None:
         write_csv(out_dir / "training.csv", curve)
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     info = dict(meta, experiment=name, identity=identity, device=str(device),
                 test_accuracy=provenance["test_accuracy"], model=provenance,
                 **({"models": [p for _, p, _ in obtained]} if len(obtained) > 1 else {}),
-                wall_time_s=round(time.perf_counter() - start, 3), **out.stats)
+                wall_time_s=round(time.perf_counter() - start, 3), outputs=written, work=ctx.work.as_dict(),
+                **out.stats)
     write_json(out_dir / "run.json", info)
     log.info("results: %s", out_dir)
     return info

@@ -1,19 +1,17 @@
 """Experiments: each module composes geometry and reporting pieces into result tables.
 
-``EXPERIMENTS`` maps ``experiment.name`` to the module; each module has ``validate(cfg)`` (checks
-its config section before any data is read) and ``run(ctx) -> ExperimentOutput``, and may have
-``model_epochs(cfg)``: the training epochs whose weights it needs (default: the final ones).
+Each module ends with its :class:`~boundary_cli.experiments.registry.Experiment` record; this is
+the one list of them. A new experiment is one module plus one line here.
 """
 
-from types import ModuleType
-
 from boundary_cli.experiments import decision_flip, lcr, margin, multiple_hits, own_to_flip, train_again
+from boundary_cli.experiments.registry import Experiment
 
-EXPERIMENTS: dict[str, ModuleType] = {
-    "margin": margin,
-    "decision_flip": decision_flip,
-    "multiple_hits": multiple_hits,
-    "own_to_flip": own_to_flip,
-    "train_again": train_again,
-    "lcr": lcr,
-}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    margin.EXPERIMENT,
+    decision_flip.EXPERIMENT,
+    multiple_hits.EXPERIMENT,
+    own_to_flip.EXPERIMENT,
+    train_again.EXPERIMENT,
+    lcr.EXPERIMENT,
+)}

@@ -19,7 +19,9 @@ from boundary_cli.data.pools import POOLS, Pool, gaussian_images, split_indices,
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import classes_in_range, int_list, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
+    model_epochs,
     layer_table,
     measure_walks,
     merge_stats,
@@ -29,7 +31,7 @@ from boundary_cli.experiments.walking import (
     walk_params,
     walk_table,
 )
-from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
+from boundary_cli.reporting.comparison import decision_flip_comparison
 from boundary_cli.reporting.flip_plots import flip_histograms, flip_lines, layer_boxes, nearest_flip_histogram
 from boundary_cli.training.evaluation import predict
 
@@ -120,7 +122,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for pool, med in stats["median_nearest_flip_l2"].items():
         log.info("%-8s median distance to the nearest flip: %.4g (L2)", pool, med)
 
-    title = f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}"
+    title = ctx.title()
     dist = str(e.distance)
     figures = {"nearest_flip": nearest_flip_histogram(table, dist, title),
                "layers": layer_boxes(layers_df, layers, dist, title)}
@@ -153,3 +155,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     out["share_flipped"] = out["n_flipped"] / out["n"]
     return out[["pool", "source_pred", "target", "n", "n_flipped", "n_capped", "share_flipped", "median_l2",
                 "mean_l2", "median_l2_sq", "mean_l2_sq", "mean_steps"]]
+
+
+EXPERIMENT = Experiment(name="decision_flip", validate=validate, run=run, tables=("flips", "layers", "summary"), figures=("nearest_flip", "layers"),
+                        model_epochs=model_epochs, compare=decision_flip_comparison)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.detectors.conductance import layer_conductance
 from boundary_cli.detectors.detection import (
     apply_feature_scaling,
@@ -47,8 +46,10 @@ from boundary_cli.detectors.mutants import (
 )
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import int_list, one_of, positive_int, positive_number
-from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.geometry.taps import available_layers, default_layers
+from boundary_cli.reporting.comparison import lcr_comparison
 from boundary_cli.reporting.lcr_plots import auroc_by_count_figure, roc_figure
 from boundary_cli.training.evaluation import predict
 
@@ -152,21 +153,20 @@ def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame
     params = dict(operator=str(m.operator), gamma=float(m.gamma), n_mutants=int(m.n_mutants),
                   max_attempts=int(m.max_attempts), accept_ratio=float(m.accept_ratio), rule=str(m.accept_rule),
                   ns_min_accuracy=float(m.ns_min_accuracy), seed=int(m.seed))
-    key = stable_hash(dict(kind="lcr_accept", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x, y),
-                           accept_on=str(m.accept_on), device=ctx.device.type, torch=torch.__version__, **params))
-    got = ctx.chunks.get(key)
-    if got is None:
-        with tqdm(total=params["max_attempts"], desc="mutant candidates", unit="mutant",
-                  disable=None if ctx.progress is None else not ctx.progress) as bar:
-            acc = accept_mutants(model, x.to(ctx.device), y.to(ctx.device), budget_bytes=ctx.memory_budget,
-                                 progress=bar.update, **params)
-        got = {"seed": torch.tensor([r["seed"] for r in acc.log], dtype=torch.long),
-               "n_channels": torch.tensor([r["n_channels"] for r in acc.log], dtype=torch.long),
-               "accuracy": torch.tensor([r["accuracy"] for r in acc.log], dtype=torch.float64),
-               "accepted": torch.tensor([bool(r["accepted"]) for r in acc.log], dtype=torch.bool),
-               "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64),
-               "threshold": torch.tensor(acc.threshold, dtype=torch.float64)}
-        ctx.chunks.put(key, got)
+    def compute(xy: tuple[Tensor, Tensor], progress: Callable[[int], None]) -> Computed:
+        acc = accept_mutants(model, xy[0].to(ctx.device), xy[1].to(ctx.device), budget_bytes=ctx.memory_budget,
+                             progress=progress, **params)
+        return Computed({"seed": torch.tensor([r["seed"] for r in acc.log], dtype=torch.long),
+                         "n_channels": torch.tensor([r["n_channels"] for r in acc.log], dtype=torch.long),
+                         "accuracy": torch.tensor([r["accuracy"] for r in acc.log], dtype=torch.float64),
+                         "accepted": torch.tensor([bool(r["accepted"]) for r in acc.log], dtype=torch.bool),
+                         "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64),
+                         "threshold": torch.tensor(acc.threshold, dtype=torch.float64)},
+                        forwards=(len(acc.log) + 1) * len(xy[1]))
+
+    got = ctx.cached_chunks("lcr_accept", [(x, y)], compute, fmt=CHUNK_FORMAT,
+                            params=dict(accept_on=str(m.accept_on), **params), rows=lambda _: params["max_attempts"],
+                            inputs=lambda xy: xy, desc="mutant candidates", unit="mutant").parts[0]
     logdf = pd.DataFrame({"operator": params["operator"], "gamma": params["gamma"], "seed": got["seed"].numpy(),
                           "channels_mutated": got["n_channels"].numpy(), "accuracy": got["accuracy"].numpy(),
                           "threshold": float(got["threshold"]), "accepted": got["accepted"].numpy()})
@@ -175,20 +175,17 @@ def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame
     return mutants, logdf, float(got["original_accuracy"]), len(logdf), float(got["threshold"])
 
 
-def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any], compute) -> Tensor:
+def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any],
+             compute: Callable[[Tensor], Tensor], forwards: int, backwards: int = 0) -> Tensor:
     """``compute(x_chunk) -> Tensor`` over chunks of x, each cached under a content hash; the
-    results concatenated along the input axis (the last axis for mutant predictions)."""
-    parts = []
-    for idx in torch.split(torch.arange(x.shape[0]), int(ctx.cfg.experiment.chunk_size)):
-        xc = x[idx].to(ctx.device)
-        key = stable_hash(dict(kind=kind, format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(xc),
-                               device=ctx.device.type, torch=torch.__version__, **extra))
-        got = ctx.chunks.get(key)
-        if got is None:
-            got = {"value": compute(xc).cpu()}
-            ctx.chunks.put(key, got)
-        parts.append(got["value"])
-    return torch.cat(parts, dim=-1 if kind == "lcr_preds" else 0)
+    results concatenated along the input axis (the last axis for mutant predictions). ``forwards``
+    and ``backwards`` are the work per image (for the work counters)."""
+    chunks = torch.split(torch.arange(x.shape[0]), int(ctx.cfg.experiment.chunk_size))
+    run = ctx.cached_chunks(kind, chunks, lambda xc, _: Computed({"value": compute(xc)}, forwards * len(xc),
+                                                                 backwards * len(xc)),
+                            fmt=CHUNK_FORMAT, params=extra, rows=len, load=lambda idx: x[idx].to(ctx.device),
+                            required=("value",), unit="image")
+    return run.cat("value", dim=-1 if kind == "lcr_preds" else 0)
 
 
 def run(ctx: RunContext) -> ExperimentOutput:
@@ -229,10 +226,12 @@ def run(ctx: RunContext) -> ExperimentOutput:
         pred = predict(model, x, device=ctx.device).argmax(1)
         mp = _chunked(ctx, "lcr_preds", x, dict(operator=str(e.mutants.operator), gamma=float(e.mutants.gamma),
                                                  seeds=seeds),
-                      lambda xc: predict_mutants(model, mutants, xc, budget_bytes=ctx.memory_budget).to(torch.int16))
+                      lambda xc: predict_mutants(model, mutants, xc, budget_bytes=ctx.memory_budget).to(torch.int16),
+                      forwards=len(mutants))
+        # integrated gradients: n_steps + 1 path points forward, the n_steps points after the baseline backward
         cond = _chunked(ctx, "lcr_cond", x, cond_params, lambda xc: torch.cat(
             list(layer_conductance(model, xc, layers, baseline=baseline, n_steps=cond_params["n_steps"]).values()),
-            dim=1))
+            dim=1), forwards=cond_params["n_steps"] + 1, backwards=cond_params["n_steps"])
         preds_by_split[name] = (mp.long(), pred)
         feats[name] = cond.numpy()
         n_wrong = int((pred != y).sum())
@@ -267,8 +266,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     stats.update(layers=layers, n_features=int(feats["train"].shape[1]),
                  auroc_test={r["method"]: round(float(r["auroc"]), 4) for _, r in metrics[metrics["split"] == "test"].iterrows()},
                  wrong_predictions={s: int((~table.loc[table["split"] == s, "correct"]).sum()) for s in ("train", "val", "test")})
-    title = (f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}, "
-             f"{e.mutants.operator} γ={e.mutants.gamma}, {len(mutants)} mutants")
+    title = ctx.title(f"{e.mutants.operator} γ={e.mutants.gamma}, {len(mutants)} mutants")
     val = table["split"] == "val"
     return ExperimentOutput(
         tables={"lcr": table, "mutants": mutant_log, "detectors": metrics, "auroc_mutants": by_count},
@@ -327,3 +325,7 @@ def _detectors(ctx: RunContext, table: pd.DataFrame, feats: dict[str, np.ndarray
         out += [evaluate_detector(s[split == name], wrong[split == name], thr, method, name)
                 for name in ("train", "val", "test")]
     return out, {"p_cond": p_cond, "p_both": p_both}
+
+
+EXPERIMENT = Experiment(name="lcr", validate=validate, run=run, tables=("lcr", "mutants", "detectors", "auroc_mutants"),
+                        figures=("roc", "auroc_mutants"), compare=lcr_comparison)

@@ -8,9 +8,7 @@ content hash, so a killed run started again reuses what was finished.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,12 +16,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
-from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.shards import shard_chunks, shard_of
 from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
 from boundary_cli.geometry.deepfool import (
@@ -31,6 +28,7 @@ from boundary_cli.geometry.deepfool import (
     deepfool_subspaces,
     rows_for_budget,
 )
+from boundary_cli.reporting.comparison import margin_comparison
 from boundary_cli.reporting.plots import examples_figure, margins_figure
 from boundary_cli.reporting.summary import summarize_margins
 from boundary_cli.training.evaluation import predict
@@ -39,8 +37,6 @@ log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 1  # bump when the meaning of stored chunks changes
 N_EXAMPLES = 6
-LAZY_DATA = True  # works on image sets decoded per batch (ImageNet)
-SHARDS = True  # honours shard.index / shard.count
 
 
 def validate(cfg: DictConfig) -> None:
@@ -120,53 +116,27 @@ def _measure(ctx: RunContext, chunks: list[Tensor], blocks: list[DCTBlock], incl
     """
     e, data = ctx.cfg.experiment, ctx.data
     n_spaces = len(blocks) + int(include_full)
-    parts: dict[str, list[Tensor]] = {k: [] for k in RESULT_KEYS}
-    n_fwd = n_bwd = reused = computed = 0
-    compute_s = 0.0
-    total_rows = sum(len(c) for c in chunks) * n_spaces
-    start = time.perf_counter()
-    with tqdm(total=total_rows, desc="margins", unit="row",
-              disable=None if ctx.progress is None else not ctx.progress) as bar, \
-            ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(data.test_x.__getitem__, chunks[0]) if chunks else None
-        for i, chunk in enumerate(chunks):
-            x = pending.result().to(ctx.device)
-            if i + 1 < len(chunks):
-                pending = reader.submit(data.test_x.__getitem__, chunks[i + 1])
-            key = stable_hash(dict(kind="margin", format=CHUNK_FORMAT, model=ctx.model_id, inputs=tensor_hash(x),
-                                   blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
-                                   device=ctx.device.type, torch=torch.__version__, **params))
-            got = ctx.chunks.get(key)
-            was_reused = got is not None and all(k in got for k in RESULT_KEYS)
-            if was_reused:
-                reused += 1
-                bar.update(x.shape[0] * n_spaces)
-            else:
-                t0 = time.perf_counter()
-                res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
-                                         vjp=e.vjp, progress=bar.update, sync_every=sync_every, **params)
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize(ctx.device)
-                compute_s += time.perf_counter() - t0
-                n_fwd, n_bwd, computed = n_fwd + res.n_forward, n_bwd + res.n_backward, computed + x.shape[0]
-                got = {k: getattr(res, k).cpu() for k in RESULT_KEYS}
-                ctx.chunks.put(key, got)
-            for k in RESULT_KEYS:
-                parts[k].append(got[k])
-            if bar.disable:  # no terminal (SLURM logs, pipes): a line per chunk instead of the bar
-                done = sum(p.shape[1] for p in parts["margin"]) * n_spaces
-                elapsed = time.perf_counter() - start
-                eta = elapsed / done * (total_rows - done) if done else float("nan")
-                log.info("chunk %d/%d %s: %d of %d rows done, %.0f s elapsed, ETA %.0f s", i + 1, len(chunks),
-                         "reused from the cache" if was_reused else "computed", done, total_rows, elapsed, eta)
-    stats = dict(n_forward=int(n_fwd), n_backward=int(n_bwd), chunks_total=len(chunks), chunks_reused=reused,
-                 margin_time_s=round(compute_s, 3),
-                 samples_per_s=round(computed / compute_s, 2) if compute_s > 0 else None)
+
+    def compute(x: Tensor, progress: Callable[[int], None]) -> Computed:
+        res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
+                                 vjp=e.vjp, progress=progress, sync_every=sync_every, **params)
+        return Computed({k: getattr(res, k) for k in RESULT_KEYS}, res.n_forward, res.n_backward)
+
+    run = ctx.cached_chunks("margin", chunks, compute, fmt=CHUNK_FORMAT,
+                            params=dict(blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
+                                        **params),
+                            rows=lambda chunk: len(chunk) * n_spaces,
+                            load=lambda chunk: data.test_x[chunk].to(ctx.device), required=RESULT_KEYS,
+                            desc="margins")
+    computed = run.computed_rows // max(1, n_spaces)
+    stats = dict(n_forward=run.forwards, n_backward=run.backwards, chunks_total=len(chunks), chunks_reused=run.reused,
+                 margin_time_s=round(run.seconds, 3),
+                 samples_per_s=round(computed / run.seconds, 2) if run.seconds > 0 else None)
     empty = {k: np.empty((n_spaces, 0), dtype=np.float32 if k.startswith("margin") else np.int64) for k in RESULT_KEYS}
     empty["converged"] = empty["converged"].astype(bool)
-    if not parts["margin"]:
+    if not run.parts:
         return empty, stats
-    return {k: torch.cat(v, dim=1).numpy() for k, v in parts.items()}, stats
+    return {k: run.cat(k, dim=1).numpy() for k in RESULT_KEYS}, stats
 
 
 def margin_arrays(margin: np.ndarray, include_full: bool) -> dict[str, np.ndarray]:
@@ -244,7 +214,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         "adv_label": res["adv_label"].ravel(),
     })
     summary = summarize_margins(table)
-    title = f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}"
+    title = ctx.title()
     figures = {}
     if n:
         raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
@@ -268,3 +238,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
         figures=figures,
         stats=stats,
     )
+
+
+EXPERIMENT = Experiment(name="margin", validate=validate, run=run, tables=("margins", "summary"),
+                        figures=("margins", "examples"), lazy_data=True, shards=True,
+                        compare=margin_comparison, compare_name="margins")

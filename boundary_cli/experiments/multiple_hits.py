@@ -24,6 +24,7 @@ from boundary_cli.cache import model_hash
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import int_list
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
     chosen_images,
     measure_walks,
@@ -34,6 +35,7 @@ from boundary_cli.experiments.walking import (
     walk_params,
     walk_table,
 )
+from boundary_cli.reporting.comparison import multiple_hits_comparison
 from boundary_cli.reporting.flip_plots import hits_figure
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,10 @@ def run(ctx: RunContext) -> ExperimentOutput:
     stats = merge_stats(all_stats)
     stats.update(mean_hits=means, n_images=len(images.index), zero_grad_is_hit=bool(e.zero_grad_is_hit),
                  walk=dict(params, clip=list(params["clip"]) if params["clip"] else None))
-    title = (f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} "
-             f"seed {ctx.identity['seed']}, {len(images.index)} {images.name} images")
+    title = ctx.title(f"{len(images.index)} {images.name} images")
     return ExperimentOutput(tables={"hits": hits, "hits_summary": summary},
                             figures={"hits": hits_figure(summary, title)}, stats=stats)
+
+
+EXPERIMENT = Experiment(name="multiple_hits", validate=validate, run=run, tables=("hits", "hits_summary"), figures=("hits",),
+                        model_epochs=model_epochs, compare=multiple_hits_comparison)

@@ -21,7 +21,9 @@ from torch import Tensor
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
+    model_epochs,
     chosen_images,
     measure_walks,
     resolve_layers,
@@ -30,9 +32,9 @@ from boundary_cli.experiments.walking import (
     validate_walk,
     walk_params,
 )
-from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
 from boundary_cli.geometry.taps import activations
 from boundary_cli.geometry.walks import FLIPPED
+from boundary_cli.reporting.comparison import own_to_flip_comparison
 from boundary_cli.reporting.flip_plots import ratio_figure
 from boundary_cli.training.evaluation import predict
 
@@ -131,9 +133,12 @@ def run(ctx: RunContext) -> ExperimentOutput:
     stats.update(layers=layers, n_images=n, n_without_flip=int((~has_flip).sum()),
                  centroid=dict(space=str(c.space), split=str(c.split), n_images=len(cx)),
                  median_ratio_l2={r["layer"]: round(float(r["ratio_l2"]), 6) for _, r in summary.iterrows()})
-    title = (f"{data.name} ({data.variant}), {ctx.identity['model']}, {ctx.identity['training']} "
-             f"seed {ctx.identity['seed']}, centroids in {c.space} space")
+    title = ctx.title(f"centroids in {c.space} space")
     return ExperimentOutput(tables={"own_to_flip": table, "summary": summary},
                             figures={"own_to_flip": ratio_figure(table, layers, "ratio_l2", title),
                                      "own_to_flip_sq": ratio_figure(table, layers, "ratio_l2_sq", title)},
                             stats=stats)
+
+
+EXPERIMENT = Experiment(name="own_to_flip", validate=validate, run=run, tables=("own_to_flip", "summary"), figures=("own_to_flip", "own_to_flip_sq"),
+                        model_epochs=model_epochs, compare=own_to_flip_comparison)

@@ -21,8 +21,10 @@ from omegaconf import DictConfig
 from boundary_cli.cache import stable_hash, tensor_hash
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import one_of, positive_int, positive_number
-from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
+    model_epochs,
     chosen_images,
     measure_walks,
     merge_stats,
@@ -32,7 +34,7 @@ from boundary_cli.experiments.walking import (
     walk_params,
     walk_table,
 )
-from boundary_cli.experiments.walking import model_epochs as model_epochs  # the runner asks each experiment
+from boundary_cli.reporting.comparison import train_again_comparison
 from boundary_cli.reporting.flip_plots import train_again_figure
 from boundary_cli.training.evaluation import predict
 from boundary_cli.training.overfit import WithParams, overfit_independent, overfit_sequential, points_per_batch
@@ -112,16 +114,16 @@ def run(ctx: RunContext) -> ExperimentOutput:
         per_batch = points_per_batch(model, ctx.memory_budget)
         log.info("train_again: overfitting %d points independently (%d at a time), %d Adam steps each (%s Adam "
                  "state)", len(y), per_batch, fit["steps"], "restored" if adam_state else "fresh")
-        for lo in range(0, len(y), per_batch):
-            xb, yb = x[lo: lo + per_batch], y[lo: lo + per_batch]
-            key = stable_hash(dict(kind="overfit", format=OVERFIT_FORMAT, model=ctx.model_id,
-                                   inputs=tensor_hash(xb, yb), optimizer_state=state_id, device=ctx.device.type,
-                                   torch=torch.__version__, **fit))
-            stacked = ctx.chunks.get(key)
-            if stacked is None:
-                stacked = overfit_independent(model, xb, yb, adam_state=adam_state, **fit)
-                ctx.chunks.put(key, stacked)
-            for i in range(len(yb)):
+        starts = list(range(0, len(y), per_batch))
+        overfit = ctx.cached_chunks(
+            "overfit", starts,
+            lambda lo, _: Computed(overfit_independent(model, x[lo: lo + per_batch], y[lo: lo + per_batch],
+                                                       adam_state=adam_state, **fit)),
+            fmt=OVERFIT_FORMAT, params=dict(optimizer_state=state_id, **fit),
+            rows=lambda lo: len(y[lo: lo + per_batch]), inputs=lambda lo: (x[lo: lo + per_batch], y[lo: lo + per_batch]),
+            desc="overfit points", unit="point")
+        for lo, stacked, key in zip(starts, overfit.parts, overfit.keys):
+            for i in range(len(y[lo: lo + per_batch])):
                 tuned = WithParams(model, {k: v[i].to(ctx.device) for k, v in stacked.items()}).eval()
                 res, st = measure_walks(ctx, tuned, images.x[lo + i: lo + i + 1], classes, params,
                                         desc=f"flips after #{int(images.index[lo + i])}",
@@ -157,8 +159,11 @@ def run(ctx: RunContext) -> ExperimentOutput:
                  median_ratio_after_before=round(ratio, 6),
                  n_misclassified_before=int((base_pred != images.label).sum()),
                  n_own_class_changed=int((after["source"][:, 0] != before["source"][:, 0]).sum()))
-    title = (f"{data.name}, {ctx.identity['model']}, {ctx.identity['training']} seed {ctx.identity['seed']}, "
-             f"{e.mode}, {fit['steps']} Adam steps per point ({e.optimizer_state} Adam state)")
+    title = ctx.title(f"{e.mode}, {fit['steps']} Adam steps per point ({e.optimizer_state} Adam state)")
     return ExperimentOutput(tables={"train_again": table},
                             figures={"train_again": train_again_figure(table, str(e.distance), title)},
                             stats=stats)
+
+
+EXPERIMENT = Experiment(name="train_again", validate=validate, run=run, tables=("train_again",), figures=("train_again",),
+                        model_epochs=model_epochs, compare=train_again_comparison)

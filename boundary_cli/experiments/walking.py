@@ -4,7 +4,7 @@ under a content hash (so a killed run resumes), layer choice, and the long table
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,13 +12,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from boundary_cli.cache import model_hash, stable_hash, tensor_hash
+from boundary_cli.cache import model_hash
 from boundary_cli.data.pools import Pool, split_indices
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int, positive_number
-from boundary_cli.experiments.context import RunContext
+from boundary_cli.experiments.context import Computed, RunContext
 from boundary_cli.geometry.deepfool import rows_for_budget
 from boundary_cli.geometry.taps import available_layers, default_layers, layer_distances, unknown_layers
 from boundary_cli.geometry.walks import STATUSES, WALK_MODES, walk_to_classes
@@ -97,45 +96,26 @@ def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor,
     model_id = model_id or model_hash(model)
     batch_rows = batch_rows_for(ctx, model, x)
     keys = WALK_KEYS + (("layer_sq",) if layers else ())
-    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
-    n_fwd = n_bwd = reused = 0
-    seconds = 0.0
     chunks = torch.split(torch.arange(x.shape[0]), int(e.chunk_size))
-    rows_done = 0
-    with tqdm(total=x.shape[0] * len(classes), desc=desc, unit="row",
-              disable=None if ctx.progress is None else not ctx.progress) as bar:
-        for chunk in chunks:
-            xc = x[chunk].to(ctx.device)
-            key = stable_hash(dict(kind="walk", format=CHUNK_FORMAT, model=model_id, inputs=tensor_hash(xc),
-                                   classes=classes.tolist(), layers=layers, device=ctx.device.type,
-                                   torch=torch.__version__, **params))
-            got = ctx.chunks.get(key)
-            was_reused = got is not None and all(k in got for k in keys)
-            if was_reused:
-                reused += 1
-                bar.update(len(chunk) * len(classes))
-            else:
-                start = time.perf_counter()
-                res = walk_to_classes(model, xc, classes.to(ctx.device), batch_rows=batch_rows,
-                                      keep_points=bool(layers), progress=bar.update, **params)
-                got = {k: getattr(res, k).cpu() for k in WALK_KEYS}
-                if layers:
-                    starts = xc.repeat_interleave(len(classes), dim=0)
-                    d = layer_distances(model, starts, res.x_end.flatten(0, 1), layers)
-                    got["layer_sq"] = d.view(len(layers), len(chunk), len(classes)).cpu()
-                seconds += time.perf_counter() - start
-                n_fwd, n_bwd = n_fwd + res.n_forward, n_bwd + res.n_backward
-                ctx.chunks.put(key, got)
-            for k in keys:
-                parts[k].append(got[k])
-            rows_done += len(chunk) * len(classes)
-            if bar.disable:  # no terminal (SLURM logs, pipes): a line per chunk instead of the bar
-                log.info("%s: chunk %d/%d %s (%d of %d rows)", desc, len(parts["l2"]), len(chunks),
-                         "reused from the cache" if was_reused else "computed", rows_done, x.shape[0] * len(classes))
-    out = {k: torch.cat(v, dim=1 if k == "layer_sq" else 0) for k, v in parts.items()}
-    stats = dict(n_forward=int(n_fwd), n_backward=int(n_bwd), chunks_total=len(chunks), chunks_reused=reused,
-                 walk_time_s=round(seconds, 3), batch_rows=batch_rows,
-                 row_steps_per_s=round(n_fwd / seconds, 1) if seconds > 0 else None)
+
+    def compute(xc: Tensor, progress: Callable[[int], None]) -> Computed:
+        res = walk_to_classes(model, xc, classes.to(ctx.device), batch_rows=batch_rows,
+                              keep_points=bool(layers), progress=progress, **params)
+        got = {k: getattr(res, k) for k in WALK_KEYS}
+        if layers:
+            starts = xc.repeat_interleave(len(classes), dim=0)
+            d = layer_distances(model, starts, res.x_end.flatten(0, 1), layers)
+            got["layer_sq"] = d.view(len(layers), xc.shape[0], len(classes))
+        return Computed(got, res.n_forward, res.n_backward)
+
+    run = ctx.cached_chunks("walk", chunks, compute, fmt=CHUNK_FORMAT,
+                            params=dict(classes=classes.tolist(), layers=layers, **params),
+                            rows=lambda chunk: len(chunk) * len(classes), load=lambda chunk: x[chunk].to(ctx.device),
+                            required=keys, model_id=model_id, desc=desc)
+    out = {k: run.cat(k, dim=1 if k == "layer_sq" else 0) for k in keys}
+    stats = dict(n_forward=run.forwards, n_backward=run.backwards, chunks_total=len(chunks), chunks_reused=run.reused,
+                 walk_time_s=round(run.seconds, 3), batch_rows=batch_rows,
+                 row_steps_per_s=round(run.forwards / run.seconds, 1) if run.seconds > 0 else None)
     return out, stats
 
 

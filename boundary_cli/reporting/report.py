@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments import EXPERIMENTS
+from boundary_cli.experiments.registry import Experiment
 from boundary_cli.reporting.files import write_csv, write_figure, write_npy
-from boundary_cli.reporting.plots import comparison_figure, margins_figure
+from boundary_cli.reporting.plots import margins_figure
 from boundary_cli.reporting.summary import summarize_margins
+from boundary_cli.reporting.titles import run_title
 
 log = logging.getLogger(__name__)
 
@@ -39,52 +43,71 @@ def _short_labels(labels: dict[str, str]) -> dict[str, str]:
     return short
 
 
-# tables each non-margin experiment contributes to a report (margin runs are handled on their own)
-EXPERIMENT_TABLES = {
-    "decision_flip": ("flips", "layers", "summary"),
-    "multiple_hits": ("hits", "hits_summary"),
-    "own_to_flip": ("own_to_flip", "summary"),
-    "train_again": ("train_again",),
-    "lcr": ("lcr", "mutants", "detectors", "auroc_mutants"),
-}
-
-
 def _read(csv: Path) -> pd.DataFrame:
     return pd.read_csv(csv, keep_default_na=False, na_values=[""])
 
 
-def _experiment_tables(root: Path, out: Path) -> list[Path]:
-    """Merge the tables of the non-margin runs under ``root`` into ``out/<experiment>/<table>.csv``."""
-    found: dict[str, dict[str, list[pd.DataFrame]]] = {}
+@dataclass(frozen=True)
+class RunFound:
+    """One finished run under a sweep: its folder, its name relative to the sweep, its experiment
+    and the tables it wrote (from run.json; for a run.json written before run.json listed its
+    outputs, the tables its experiment can write)."""
+
+    folder: Path
+    run: str
+    experiment: str
+    tables: tuple[str, ...]
+
+
+def find_runs(root: Path, out: Path) -> list[RunFound]:
+    """Every run under ``root`` (any depth, ``out`` excluded) with a readable run.json, by path.
+
+    Runs of an experiment this version does not know are skipped with a warning.
+    """
+    runs = []
     for info_path in sorted(root.rglob("run.json"), key=lambda p: str(p)):
         if out in info_path.parents:
             continue
         try:
-            experiment = json.loads(info_path.read_text()).get("experiment")
+            info = json.loads(info_path.read_text())
         except (OSError, ValueError):
             continue
-        names = EXPERIMENT_TABLES.get(experiment, ())
-        run = str(info_path.parent.relative_to(root)) or "."
-        for name in names:
-            csv = info_path.parent / f"{name}.csv"
+        name = info.get("experiment")
+        if name not in EXPERIMENTS:
+            log.warning("skipping %s: experiment %r is not one this version knows", info_path.parent, name)
+            continue
+        written = (info.get("outputs") or {}).get("tables")
+        tables = tuple(written) if written is not None else EXPERIMENTS[name].tables
+        runs.append(RunFound(info_path.parent, str(info_path.parent.relative_to(root)) or ".", name, tables))
+    return runs
+
+
+def _merge_experiment(experiment: Experiment, runs: list[RunFound], out: Path, title: str) -> list[Path]:
+    """Merge the tables of one non-margin experiment's runs into ``out/<experiment>/<table>.csv``
+    (rows tagged with run and label) and draw its comparison figure; returns the files written."""
+    found: dict[str, list[pd.DataFrame]] = {}
+    for r in runs:
+        for name in r.tables:
+            csv = r.folder / f"{name}.csv"
             if csv.exists():
                 table = _read(csv)
-                found.setdefault(experiment, {}).setdefault(name, []).append(
-                    table.assign(run=run, label=_label(run, table)))
-    written = []
-    for experiment, tables in found.items():
-        labels: dict[str, str] = {}  # per run, from its first table (the one with the identity columns)
-        for parts in tables.values():
-            for t in parts:
-                if len(t):
-                    labels.setdefault(t["run"].iloc[0], t["label"].iloc[0])
-        short = _short_labels(labels) if labels else {}
-        for name, parts in tables.items():
-            merged = pd.concat(parts, ignore_index=True)
-            merged["label"] = merged["run"].map(short)
-            path = out / experiment / f"{name}.csv"
-            write_csv(path, merged)
-            written.append(path)
+                found.setdefault(name, []).append(table.assign(run=r.run, label=_label(r.run, table)))
+    labels: dict[str, str] = {}  # per run, from its first table (the one with the identity columns)
+    for parts in found.values():
+        for t in parts:
+            if len(t):
+                labels.setdefault(t["run"].iloc[0], t["label"].iloc[0])
+    short = _short_labels(labels) if labels else {}
+    written, merged_tables = [], {}
+    for name, parts in found.items():
+        merged = pd.concat(parts, ignore_index=True)
+        merged["label"] = merged["run"].map(short)
+        merged_tables[name] = merged
+        written.append(write_csv(out / experiment.name / f"{name}.csv", merged))
+    if experiment.compare is not None and merged_tables:
+        fig = experiment.compare(merged_tables, title)
+        if fig is not None:
+            written.append(write_figure(out / experiment.name / f"{experiment.compare_name}.png", fig))
     return written
 
 
@@ -146,40 +169,50 @@ def _merge_shards(group: tuple, shards: dict[int, tuple[str, pd.DataFrame]], out
         write_npy(folder / "margins.npy", margin[[i for i in range(len(order)) if i not in full]])
         if full:
             write_npy(folder / "margins_full.npy", margin[full[0]])
-        title = (f"{identity.get('dataset')} ({identity.get('variant')}), {identity.get('model')}, "
-                 f"{identity.get('training')} seed {identity.get('seed')}: {len(shards)} of {count} shards merged")
+        title = f"{run_title(identity)}: {len(shards)} of {count} shards merged"
         write_figure(folder / "margins.png", margins_figure(merged, summary, title))
     log.info("merged %d shards into %s", len(shards), folder)
     return run, merged, summary
 
 
-def build_report(sweep_dir: str | Path) -> Path:
+def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     """Merge the results of every run found under ``sweep_dir`` (any depth) into ``<sweep_dir>/report/``.
 
+    The runs are found from their run.json, which lists the tables each run wrote.
     Margin runs: ``margins.csv`` and ``summary.csv`` concatenated into ``report/margins.csv`` and
     ``report/summary.csv``, each row tagged with its ``run`` folder and a ``label``, and
     ``report/margins.png``: the median margin along frequency, one line per run. The shards of a
     sharded run (``shard.count`` > 1) are merged first into ``report/shards/<overrides>/`` (margins.csv,
     summary.csv, margins.npy, margins_full.npy, margins.png: what the unsharded run writes) and count as one
-    run. Runs of the flip and lcr experiments: their tables concatenated into
-    ``report/<experiment>/<table>.csv``, tagged the same way.
+    run. A folder with margins.csv and summary.csv but no run.json counts as a margin run too. Runs of
+    every other experiment: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged
+    the same way, and the experiment's comparison figure ``report/<experiment>/<figure>.png``.
 
-    Returns the report folder. Raises BoundaryError when no run results are found.
+    Returns the report folder and the files written in it. Raises BoundaryError when no run results
+    are found.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise BoundaryError(f"{root} is not a directory; give the folder of a run or of a sweep (multirun/...)")
     out = root / REPORT_DIR
-    others = _experiment_tables(root, out)
+    runs = find_runs(root, out)
+    written: list[Path] = []
+    by_experiment: dict[str, list[RunFound]] = {}
+    for r in runs:
+        by_experiment.setdefault(r.experiment, []).append(r)
+    for name, found in by_experiment.items():
+        if name != "margin":
+            written += _merge_experiment(EXPERIMENTS[name], found, out, f"{len(found)} run{'s' * (len(found) != 1)} in {root.name}")
+
+    margin_dirs = {r.folder for r in by_experiment.get("margin", []) if "margins" in r.tables}
+    margin_dirs |= {csv.parent for csv in root.rglob("margins.csv")
+                    if out not in csv.parents and not (csv.parent / "run.json").exists()}
     margins, summaries = [], []
     sharded: dict[tuple, dict[int, tuple[str, pd.DataFrame]]] = {}
-    for csv in sorted(root.rglob("margins.csv"), key=lambda p: str(p)):
-        if out in csv.parents:
-            continue
-        run_dir = csv.parent
-        summary_csv = run_dir / "summary.csv"
-        if not summary_csv.exists():
-            log.warning("skipping %s: no summary.csv next to it (unfinished run?)", run_dir)
+    for run_dir in sorted(margin_dirs, key=lambda p: str(p / "margins.csv")):
+        csv, summary_csv = run_dir / "margins.csv", run_dir / "summary.csv"
+        if not csv.exists() or not summary_csv.exists():
+            log.warning("skipping %s: no margins.csv with summary.csv (unfinished run?)", run_dir)
             continue
         run = str(run_dir.relative_to(root)) or "."
         m = _read(csv)
@@ -196,18 +229,24 @@ def build_report(sweep_dir: str | Path) -> Path:
         label = _label(run, s) if len(s) else run
         margins.append(m.assign(run=run, label=label))
         summaries.append(s.assign(run=run, label=label))
+    if sharded:
+        written += sorted(f for f in (out / "shards").rglob("*") if f.is_file())
     if not margins:
-        if others:
-            return out
-        raise BoundaryError(f"no run results (margins.csv with summary.csv, or a flip experiment's tables) "
-                            f"found under {root}")
+        if written:
+            return out, written
+        raise BoundaryError(f"no run results (a run.json with the tables it wrote, or margins.csv with "
+                            f"summary.csv) found under {root}")
     summary = pd.concat(summaries, ignore_index=True)
     short = _short_labels(summary.drop_duplicates("run").set_index("run")["label"].to_dict())
     summary["label"] = summary["run"].map(short)
     margins = [m.assign(label=m["run"].map(short)) for m in margins]
-    write_csv(out / "margins.csv", pd.concat(margins, ignore_index=True))
-    write_csv(out / "summary.csv", summary)
-    fig = comparison_figure(summary, label="label")
-    fig.axes[0].set_title(f"median margin along frequency: {len(summaries)} runs in {root.name}")
-    write_figure(out / "margins.png", fig)
-    return out
+    written.append(write_csv(out / "margins.csv", pd.concat(margins, ignore_index=True)))
+    written.append(write_csv(out / "summary.csv", summary))
+    fig = EXPERIMENTS["margin"].compare({"summary": summary}, f"{len(summaries)} run{'s' * (len(summaries) != 1)} in {root.name}")
+    written.append(write_figure(out / "margins.png", fig))
+    return out, written
+
+
+def build_report(sweep_dir: str | Path) -> Path:
+    """:func:`write_report`, returning only the report folder."""
+    return write_report(sweep_dir)[0]

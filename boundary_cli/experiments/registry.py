@@ -1,0 +1,60 @@
+"""The experiment contract: what an experiment declares to the runner and to ``boundary report``.
+
+Each experiment module ends with one ``EXPERIMENT = Experiment(...)`` record, and
+``experiments/__init__.py`` lists the records once. The runner reads the record's attributes (no
+probing of module attributes), and the report merges the tables a run's ``run.json`` says it wrote
+(falling back to the record's ``tables`` for run.json files written before the record existed) and
+draws the record's comparison figure over a sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+
+
+def final_weights(cfg: DictConfig) -> list[int | None]:
+    """The default model epochs of an experiment: only the final weights (None)."""
+    return [None]
+
+
+Comparison = Callable[[dict[str, pd.DataFrame], str], Figure | None]
+"""Merged tables of a sweep (``{table name: table with run and label columns}``) and a title -> a
+figure comparing the runs, or None when the tables hold nothing to compare."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment, as the runner and the report see it.
+
+    Attributes:
+        name: ``experiment.name`` (equals the module name and the config option).
+        validate: checks the ``experiment`` section before any data is read or model trained;
+            raises BoundaryError with one clear line.
+        run: the experiment itself, from the built run context to the outputs to write.
+        tables: every CSV table the experiment can write (``<name>.csv``), main table first.
+        figures: figures it always writes (``<name>.png``); some experiments add per-class ones.
+        model_epochs: the training epochs whose weights it needs (None = the final weights); the
+            runner obtains one model per entry and hands them over as ``ctx.snapshots``.
+        lazy_data: works on image sets decoded per batch (ImageNet), which have no training split.
+        shards: honours ``shard.index`` / ``shard.count``.
+        compare: the figure ``boundary report`` draws over a sweep of this experiment.
+        compare_name: file name (without .png) of that figure inside ``report/<name>/``.
+    """
+
+    name: str
+    validate: Callable[[DictConfig], None]
+    run: Callable[[RunContext], ExperimentOutput]
+    tables: tuple[str, ...]
+    figures: tuple[str, ...] = ()
+    model_epochs: Callable[[DictConfig], list[int | None]] = final_weights
+    lazy_data: bool = False
+    shards: bool = False
+    compare: Comparison | None = None
+    compare_name: str = "comparison"

@@ -1,0 +1,120 @@
+"""Figures that compare the runs of a sweep, one per experiment, drawn by ``boundary report``.
+
+Each takes the sweep's merged tables (``{table name: rows of every run}``, each row tagged with
+its run's ``label``) and a title, and returns a matplotlib Figure, or None when the tables hold
+nothing to compare (an empty sweep, tables from an older run without the needed columns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from boundary_cli.reporting.flip_plots import nearest_flips
+from boundary_cli.reporting.plots import comparison_figure
+
+
+def grouped_bars(values: pd.DataFrame, category: str, value: str, ylabel: str, title: str) -> Figure:
+    """One group of bars per ``category`` value, one bar per run (``label`` column), height ``value``.
+
+    Args:
+        values: one row per (run label, category) with the bar height in ``value``.
+    """
+    labels = list(dict.fromkeys(values["label"]))
+    categories = list(dict.fromkeys(values[category]))
+    width = 0.8 / max(1, len(labels))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(categories) * max(1, len(labels)) ** 0.5 + 3), 4.5),
+                 layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(categories))
+    for i, label in enumerate(labels):
+        sub = values[values["label"] == label].set_index(category)[value]
+        heights = [float(sub.get(c, np.nan)) for c in categories]
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=str(label))
+    ax.set_xticks(x, [str(c) for c in categories])
+    ax.set_xlabel(category)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def margin_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Median margin along frequency, one line per run (from the merged ``summary``)."""
+    summary = tables.get("summary")
+    if summary is None or not len(summary):
+        return None
+    fig = comparison_figure(summary, label="label")
+    fig.axes[0].set_title(f"median margin along frequency: {title}")
+    return fig
+
+
+def decision_flip_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Median distance to the nearest flip per pool, one bar per run (from the merged ``flips``)."""
+    flips = tables.get("flips")
+    if flips is None or not len(flips):
+        return None
+    rows = []
+    for label, sub in flips.groupby("label", sort=False):
+        near = nearest_flips(sub, "l2")
+        for pool, values in near.groupby("pool", sort=False):
+            rows.append(dict(label=label, pool=pool, median_l2=float(values["l2"].median())))
+    if not rows:
+        return None
+    return grouped_bars(pd.DataFrame(rows), "pool", "median_l2", "median L2 distance to the nearest flip",
+                        f"nearest decision flip per image: {title}")
+
+
+def multiple_hits_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Mean number of hits per image at each training epoch, one bar per run (``hits_summary``)."""
+    summary = tables.get("hits_summary")
+    if summary is None or not len(summary):
+        return None
+    means = summary.groupby(["label", "epoch"], sort=False, as_index=False)["hits"].mean()
+    return grouped_bars(means, "epoch", "hits", "mean hits per image (other classes entered first)",
+                        f"multiple hits: {title}")
+
+
+def own_to_flip_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Median own-class / nearest-flip distance ratio per layer, one bar per run (``summary``)."""
+    summary = tables.get("summary")
+    if summary is None or not len(summary) or "ratio_l2" not in summary:
+        return None
+    return grouped_bars(summary, "layer", "ratio_l2", "median own-class / nearest-flip ratio (L2)",
+                        f"own class vs nearest flip: {title}")
+
+
+def train_again_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Distance after / before overfitting each point, a box per run, over the (point, class)
+    pairs that flipped both before and after (the ``train_again`` table)."""
+    table = tables.get("train_again")
+    if table is None or not len(table):
+        return None
+    both = table[(table["status_before"] == "flipped") & (table["status_after"] == "flipped")]
+    groups = [(label, (sub["l2_after"] / sub["l2_before"]).to_numpy()) for label, sub in both.groupby("label", sort=False)]
+    groups = [(label, r[np.isfinite(r) & (r > 0)]) for label, r in groups]
+    groups = [(label, r) for label, r in groups if len(r)]
+    if not groups:
+        return None
+    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot([r for _, r in groups], showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{label}\n(n={len(r)})" for label, r in groups], fontsize=7)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_ylabel("L2 distance after / before overfitting the point")
+    ax.set_title(f"boundary distances after training again: {title}", fontsize=10)
+    return fig
+
+
+def lcr_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Test-split AUROC of every detector, one bar per run (``detectors``)."""
+    metrics = tables.get("detectors")
+    if metrics is None or not len(metrics):
+        return None
+    test = metrics[metrics["split"] == "test"]
+    if not len(test):
+        return None
+    return grouped_bars(test, "method", "auroc", "AUROC of wrong predictions (test split)",
+                        f"label change rate detectors: {title}")

@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import boundary, cli_env
 
+pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
+
 RESULTS = ["margins.csv", "summary.csv", "margins.npy", "run.json", "margins.png", "examples.png"]
 
 

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from conftest import boundary, cli_env
 
+pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
+
 MARGIN_COLUMNS = ["dataset", "variant", "model", "training", "seed", "overrides", "sample_index", "label",
                   "prediction", "correct", "subspace", "offset", "block", "dim", "margin_l2", "margin_linf",
                   "n_iter", "converged", "adv_label"]

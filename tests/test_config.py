@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
@@ -109,6 +110,17 @@ def test_training_recipes_instantiate(training):
         assert recipe.lr_at(0) == 0.0
 
 
+def test_quick_and_adversarial_are_the_reference_recipe_plus_their_changes():
+    ref = OmegaConf.to_container(cfg_for().training, resolve=True)
+    quick = OmegaConf.to_container(cfg_for("training=quick").training, resolve=True)
+    assert quick == {**ref, "name": "quick", "min_accuracy": 0.5, "recipe": {**ref["recipe"], "epochs": 3}}
+    cfg = cfg_for("training=adversarial")
+    attack = dict(_target_="boundary_cli.training.adversarial.AdversarialOneCycleSGD",
+                  epsilon=cfg.dataset.adversarial_epsilon, steps=7, step_size=None, random_start=True, dykstra_iters=20)
+    assert OmegaConf.to_container(cfg.training, resolve=True) == \
+        {**ref, "name": "adversarial", "recipe": {**ref["recipe"], **attack}}
+
+
 @pytest.mark.parametrize("experiment", ["decision_flip", "multiple_hits", "own_to_flip", "train_again"])
 def test_flip_experiments_bring_the_reference_model_and_recipe(experiment):
     cfg = cfg_for(f"experiment={experiment}")
@@ -116,6 +128,15 @@ def test_flip_experiments_bring_the_reference_model_and_recipe(experiment):
     assert cfg.experiment.name == experiment and cfg.experiment.walk.eta == 0.05
     cfg = cfg_for(f"experiment={experiment}", "model=lenet", "training=quick", "dataset=fashion_mnist")
     assert (cfg.model.name, cfg.training.name) == ("lenet", "quick")  # the command line wins
+
+
+def test_flip_experiments_share_one_walk():
+    walks = {e: OmegaConf.to_container(cfg_for(f"experiment={e}").experiment.walk)
+             for e in ("decision_flip", "multiple_hits", "own_to_flip", "train_again")}
+    targeted = dict(mode="targeted", eta=0.05, max_steps=2000, clip=True)
+    assert walks["decision_flip"] == walks["own_to_flip"] == walks["train_again"] == targeted
+    assert walks["multiple_hits"] == {**targeted, "mode": "flipstop", "clip": False}  # the reference's flip-stop walk
+    assert cfg_for("experiment=own_to_flip", "experiment.walk.eta=0.01").experiment.walk.eta == 0.01
 
 
 def test_multiple_hits_compares_the_saved_epochs():

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from conftest import boundary, cli_env
 
+pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
+
 # one short training run shared by every test (snapshots at epochs 4 and 8)
 TRAIN = ["training.recipe.epochs=8", "training.save_epochs=[4,8]"]
 FLIP_COLUMNS = ["dataset", "variant", "model", "training", "seed", "overrides", "pool", "sample_index", "true_label",

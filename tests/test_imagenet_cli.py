@@ -63,6 +63,7 @@ def test_flip_variant_runs_per_batch(imagenet, tmp_path):
     assert (tmp_path / "flip" / "examples.png").exists()
 
 
+@pytest.mark.slow
 def test_imagenet_errors_are_one_line(imagenet, tmp_path):
     env = cli_env(tmp_path / "cache", tmp_path / "empty")
     proc = boundary("run", "dataset=imagenet", "model=resnet50", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path,

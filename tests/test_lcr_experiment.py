@@ -38,6 +38,7 @@ def lcr_run(tmp_path_factory, digits_cache) -> Path:
     return work / "run"
 
 
+@pytest.mark.slow
 def test_lcr_writes_its_tables_and_figures(lcr_run):
     for name in ["lcr.csv", "mutants.csv", "detectors.csv", "auroc_mutants.csv", "roc.png", "auroc_mutants.png",
                  "run.json"]:
@@ -67,6 +68,7 @@ def test_lcr_writes_its_tables_and_figures(lcr_run):
     assert set(info["auroc_test"]) == {"lcr", "cond", "both", "random_forest", "lda"}
 
 
+@pytest.mark.slow
 def test_lcr_resumes_from_cached_work(lcr_run, digits_cache, tmp_path):
     again = tmp_path / "again"
     boundary("run", *BASE, f"hydra.run.dir={again}", cwd=tmp_path, env=cli_env(digits_cache))
@@ -76,6 +78,7 @@ def test_lcr_resumes_from_cached_work(lcr_run, digits_cache, tmp_path):
     assert np.allclose(a["p_cond"], b["p_cond"])
 
 
+@pytest.mark.slow
 def test_lcr_recomputed_from_mutants_csv_equals_lcr_csv(lcr_run):
     """From the stored model and the first n_mutants accepted seeds of mutants.csv (attempt order), negate
     the drawn channels by hand, predict every row's image and count the mutants that disagree with the
@@ -114,6 +117,7 @@ def test_lcr_recomputed_from_mutants_csv_equals_lcr_csv(lcr_run):
     assert np.array_equal(table["lcr"].to_numpy(np.float32), (changed.float() / n).numpy())
 
 
+@pytest.mark.slow
 def test_mutants_are_accepted_on_the_test_split_by_default(lcr_run):
     info = json.loads((lcr_run / "run.json").read_text())
     table = pd.read_csv(lcr_run / "lcr.csv")
@@ -168,6 +172,7 @@ def run_fails(tmp_path: Path, env: dict, *args: str) -> str:
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expect", [
     (["experiment.mutants.gamma=0"], ["gamma", "(0, 1]"]),
     (["experiment.mutants.gamma=1.5"], ["gamma", "(0, 1]"]),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here builds or installs the wheel with pip in a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,10 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import boundary, cli_env
+
+pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
 
 ARGS = ["experiment.n_samples=30", "experiment.sample_seed=7", "dataset.variant=low_pass"]
 

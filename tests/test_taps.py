@@ -1,4 +1,4 @@
-"""Layer taps (declared shapes, independence from hooks left behind) and the image pools."""
+"""Layer taps (geometry/taps.py): declared shapes, independence from hooks left behind, distances."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from boundary_cli.data.pools import gaussian_images, split_indices, uniform_images
 from boundary_cli.geometry.taps import activations, available_layers, default_layers, layer_distances
 from boundary_cli.models.flip_cnn import flip_cnn
 from boundary_cli.models.lenet import lenet
@@ -71,33 +70,3 @@ def test_layer_distances_match_a_direct_computation():
     d = layer_distances(model, a, b, ["pool1"])
     assert torch.allclose(d[0], (pool1(a) - pool1(b)).flatten(1).pow(2).sum(1), rtol=1e-5)
     assert torch.equal(layer_distances(model, a, a, ["pool1", "dense2"]), torch.zeros(2, 5))
-
-
-def test_split_indices_first_n_and_seeded():
-    assert split_indices(10, 3).tolist() == [0, 1, 2]
-    assert split_indices(10, 3, start=5).tolist() == [5, 6, 7]
-    draw = split_indices(100, 10, seed=4)
-    assert torch.equal(draw, split_indices(100, 10, seed=4)) and len(set(draw.tolist())) == 10
-    assert torch.equal(draw, draw.sort().values)
-    with pytest.raises(ValueError, match="split has 10"):
-        split_indices(10, 3, start=8)
-    with pytest.raises(ValueError, match="split has 5"):
-        split_indices(5, 6, seed=0)
-
-
-def test_uniform_images_fill_the_box():
-    x = uniform_images(2000, (1, 4, 4), (-0.5, 1.5), seed=0)
-    assert x.shape == (2000, 1, 4, 4) and float(x.min()) >= -0.5 and float(x.max()) <= 1.5
-    assert abs(float(x.mean()) - 0.5) < 0.02
-    assert torch.equal(x, uniform_images(2000, (1, 4, 4), (-0.5, 1.5), seed=0))
-
-
-def test_gaussian_images_have_the_per_pixel_statistics():
-    gen = torch.Generator().manual_seed(0)
-    ref = torch.rand(5000, 1, 3, 3, generator=gen) * torch.linspace(0.1, 1, 9).view(1, 1, 3, 3)
-    x = gaussian_images(20000, ref, seed=1)
-    assert torch.allclose(x.mean(0), ref.mean(0), atol=0.01)
-    assert torch.allclose(x.std(0), ref.std(0), rtol=0.03)
-    assert float(x.min()) < 0 or float(x.max()) > 1  # unclipped, as the reference
-    clipped = gaussian_images(20000, ref, seed=1, clip=(0.0, 1.0))
-    assert float(clipped.min()) >= 0 and float(clipped.max()) <= 1

@@ -111,16 +111,16 @@ def constraint_projection(value_range: tuple[float, float], eps: float, dykstra_
             return project_box(project_l2_ball(delta, eps), x, low, high)
     else:
         raw_low, raw_high = raw_range
-        t = orthogonal
+        m = orthogonal
 
         def project(delta: Tensor, x: Tensor) -> Tensor:
             # T is orthogonal and maps the ball onto itself, so Dykstra runs on the raw-pixel side,
             # where the box is a plain clip: two maps per call instead of two per iteration
-            raw = t.inverse(x)
+            raw = m.inverse(x)
             lower, upper = raw_low - raw, raw_high - raw
-            d = dykstra(t.inverse(delta), lambda v: project_l2_ball(v, eps), lambda v: v.clamp(lower, upper),
+            d = dykstra(m.inverse(delta), lambda v: project_l2_ball(v, eps), lambda v: v.clamp(lower, upper),
                         dykstra_iters)
-            return project_l2_ball(t.apply(d), eps)
+            return project_l2_ball(m.apply(d), eps)
     return project
 
 

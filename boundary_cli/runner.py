@@ -25,7 +25,7 @@ from torch import nn
 from boundary_cli.cache import ChunkStore, model_hash
 from boundary_cli.data.images import ImageData
 from boundary_cli.data.lazy import is_lazy
-from boundary_cli.data.variants import apply_variant, check_variant, normalization_stats
+from boundary_cli.data.variants import apply_variant, normalization_stats, variant_from_config
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
@@ -212,8 +212,8 @@ def weights_identity(cfg: DictConfig) -> dict[str, Any]:
         dataset.pop(key, None)
     for key in ("system_dir", "check_integrity", "root", "workers"):
         dataset["loader"].pop(key, None)
-    if dataset["variant"] != "low_pass":
-        dataset.pop("low_pass", None)
+    dataset.pop("low_pass", None)  # the variant says which of its settings identify weights
+    dataset.update(variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass).weights_key())
     if dataset.get("train_first") is None:  # all training images: the key of stores made before the option
         dataset.pop("train_first", None)
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -379,7 +379,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
         raise BoundaryError(f"unknown experiment {name!r}; valid: {', '.join(sorted(EXPERIMENTS))}")
     experiment = EXPERIMENTS[name]
     experiment.validate(cfg)
-    check_variant(cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    variant = variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass)
     shard_index, shard_count = shard_of(cfg)
     if shard_count > 1 and not experiment.shards:
         raise BoundaryError(f"experiment={name} cannot be sharded (shard.count={shard_count}); "
@@ -392,7 +392,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
         raise BoundaryError(f"experiment={name} needs a dataset held in memory with a training split; "
                             f"dataset={raw.name} is decoded per batch and serves "
                             f"{', '.join(sorted(k for k, m in EXPERIMENTS.items() if m.lazy_data))}")
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    data = apply_variant(raw, variant)
     epochs = experiment.model_epochs(cfg)
     obtained = [obtain_model(cfg, data, device, progress, epoch=e) for e in epochs]
     model, provenance, _ = obtained[0]

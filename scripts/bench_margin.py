@@ -39,7 +39,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from boundary_cli.data.images import ImageData
-from boundary_cli.data.variants import apply_variant
+from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.experiments.margin import select_samples
 from boundary_cli.geometry.dct import diagonal_blocks
 from boundary_cli.geometry.deepfool import (
@@ -86,7 +86,7 @@ def bench_setup(args: argparse.Namespace, tune_allocator: bool = True):
                                            f"training={args.training}", f"device={args.device}", *args.overrides])
     device = prepare_device(cfg.device, tune_allocator=tune_allocator)
     raw = load_dataset(cfg)
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    data = apply_variant(raw, variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass))
     model, info, _ = obtain_model(cfg, data, device, progress=False)
     return cfg, device, data, model, info
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from boundary_cli.data.digits import load_digits
 from boundary_cli.data.images import ImageData
-from boundary_cli.data.variants import apply_variant
+from boundary_cli.data.variants import FLIP, apply_variant
 from boundary_cli.errors import BoundaryError
 from boundary_cli.geometry.dct import dct_flip
 from boundary_cli.geometry.deepfool import deepfool
@@ -123,7 +123,7 @@ def test_pgd_stays_in_the_ball_and_the_pixel_box():
     y = torch.arange(16) % 10
     net = tiny_net(8).eval()
     eps = 1.5
-    project = constraint_projection("none", (0.0, 1.0), eps)
+    project = constraint_projection((0.0, 1.0), eps)
     delta = pgd_l2(net, x, y, eps=eps, steps=10, step_size=0.5, project=project,
                    generator=torch.Generator().manual_seed(0))
     assert norms(delta).max() <= eps * (1 + 1e-5)
@@ -137,7 +137,7 @@ def test_pgd_on_flipped_images_keeps_the_raw_image_valid():
     y = torch.arange(16) % 10
     net = tiny_net(8).eval()
     eps = 2.0
-    project = constraint_projection("flip", (-4.0, 4.0), eps, dykstra_iters=20)
+    project = constraint_projection((-4.0, 4.0), eps, dykstra_iters=20, orthogonal=FLIP)
     delta = pgd_l2(net, u, y, eps=eps, steps=10, step_size=0.7, project=project,
                    generator=torch.Generator().manual_seed(0))
     assert norms(delta).max() <= eps * (1 + 1e-4)
@@ -158,7 +158,7 @@ def test_pgd_raises_the_loss_and_leaves_the_model_alone(digits):
     x, y = digits.test_x[:200], digits.test_y[:200]
     stats = net[2].running_mean.clone()
     net.train()
-    project = constraint_projection("none", (0.0, 1.0), 0.5)
+    project = constraint_projection((0.0, 1.0), 0.5)
     for start in (False, True):
         delta = pgd_l2(net, x, y, eps=0.5, steps=7, step_size=2.5 * 0.5 / 7, random_start=start, project=project)
         assert net.training  # mode restored
@@ -185,7 +185,7 @@ def test_recipe_validates_its_arguments():
 def test_adversarial_training_runs_on_flipped_data(digits):
     small = ImageData("digits", digits.train_x[:256], digits.train_y[:256], digits.test_x[:64],
                       digits.test_y[:64], digits.classes)
-    data = apply_variant(small, "flip")
+    data = apply_variant(small, FLIP)
     net = tiny_net(8)
     recipe = AdversarialOneCycleSGD(epsilon=0.5, epochs=1, batch_size=64, steps=2)
     curve = recipe.fit(net, data, seed=0, device=torch.device("cpu"), progress=False)
@@ -230,6 +230,6 @@ def test_flip_projection_runs_dykstra_on_the_raw_side_with_the_same_result():
     u = dct_flip(x)
     delta = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     eps = 1.5
-    got = constraint_projection("flip", (-4.0, 4.0), eps, dykstra_iters=30)(delta, u)
+    got = constraint_projection((-4.0, 4.0), eps, dykstra_iters=30, orthogonal=FLIP)(delta, u)
     flipped = dykstra(delta, lambda t: project_l2_ball(t, eps), lambda t: project_flipped_box(t, u), n_iter=30)
     assert torch.allclose(got, project_l2_ball(flipped, eps), atol=1e-10)

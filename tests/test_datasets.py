@@ -36,7 +36,7 @@ def assert_matches(data: ImageData, written: FakeArrays, channels: int) -> None:
         for n, h, w, c in [(0, 0, 0, 0), (1, 5, 7, channels - 1), (len(raw) - 1, raw.shape[1] - 1, 3, 0)]:
             assert float(x[n, c, h, w]) == np.float32(raw[n, h, w, c]) / np.float32(255.0)
         assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(raw).permute(0, 3, 1, 2))
-    assert data.value_range == (0.0, 1.0) and data.variant == "none"
+    assert data.value_range == (0.0, 1.0) and data.variant.name == "none"
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
@@ -64,7 +64,7 @@ def test_digits_split_sizes_range_and_stratification(tmp_path: Path) -> None:
     for y, n in [(data.train_y, 1297), (data.test_y, 500)]:
         proportional = total * n / len(all_y)
         assert (torch.bincount(y, minlength=10) - proportional).abs().max() <= 1.0
-    assert data.value_range == (0.0, 1.0) and data.variant == "none"
+    assert data.value_range == (0.0, 1.0) and data.variant.name == "none"
 
 
 def test_digits_split_is_deterministic_and_seeded(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from torchvision import transforms
 from boundary_cli.data.image_folder import load_image_folder
 from boundary_cli.data.imagenet import imagenet_layout, load_imagenet
 from boundary_cli.data.lazy import LazyImages, is_lazy
-from boundary_cli.data.variants import apply_variant, declared_range
+from boundary_cli.data.variants import FLIP, NONE, apply_variant
 from boundary_cli.errors import BoundaryError
 from boundary_cli.geometry.dct import dct_flip
 
@@ -63,15 +63,15 @@ def test_decoding_threads_do_not_change_the_images(trees):
 
 def test_flip_variant_is_applied_per_batch_and_checked(trees):
     raw = load_imagenet(trees["meta"], trees["meta"])
-    flipped = apply_variant(raw, "flip")
-    assert flipped.variant == "flip" and flipped.value_range == declared_range("flip", 224, 224)
+    flipped = apply_variant(raw, FLIP)
+    assert flipped.variant.name == "flip" and flipped.value_range == FLIP.declared_range(224, 224)
     idx = torch.tensor([0, 5, 2])
     assert torch.allclose(flipped.test_x[idx], dct_flip(raw.test_x[idx]), atol=1e-6)
     assert float(flipped.test_x[idx].min()) < 0  # flipped images leave [0, 1], legitimately
 
     def broken(x):
         return x * 3.0  # pretend the decoder returned values outside [0, 1]
-    bad = apply_variant(raw.__class__(**{**raw.__dict__, "test_x": raw.test_x.with_transform(broken)}), "none")
+    bad = apply_variant(raw.__class__(**{**raw.__dict__, "test_x": raw.test_x.with_transform(broken)}), NONE)
     with pytest.raises(BoundaryError, match="outside the range"):
         bad.test_x[:2]
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from boundary_cli import runner
 from boundary_cli.data.images import ImageData
-from boundary_cli.data.variants import apply_variant
+from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.detectors.mutants import draw_mutant
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.lcr import _splits
@@ -86,7 +86,7 @@ def test_lcr_recomputed_from_mutants_csv_equals_lcr_csv(lcr_run):
     cfg = OmegaConf.load(lcr_run / "config_resolved.yaml")
     info = json.loads((lcr_run / "run.json").read_text())
     raw = runner.load_dataset(cfg)
-    data = apply_variant(raw, cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    data = apply_variant(raw, variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass))
     model = runner.build_model(cfg, data)
     model.load_state_dict(torch.load(info["model"]["path"], map_location="cpu", weights_only=True))
     model.eval()

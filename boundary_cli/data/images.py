@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from boundary_cli.data.variants import NONE, Variant
+
 
 @dataclass
 class ImageData:
@@ -21,7 +23,7 @@ class ImageData:
         classes: class names, index = label.
         value_range: (low, high) every pixel value lies in; (0, 1) for raw data, wider for
             variants whose transform leaves the unit interval (frequency flip, low-pass).
-        variant: ``none``, ``flip`` or ``low_pass``.
+        variant: the :class:`~boundary_cli.data.variants.Variant` applied (``str()`` gives its name).
     """
 
     name: str
@@ -31,7 +33,7 @@ class ImageData:
     test_y: Tensor
     classes: list[str]
     value_range: tuple[float, float] = (0.0, 1.0)
-    variant: str = "none"
+    variant: Variant = NONE
 
     @property
     def channels(self) -> int:

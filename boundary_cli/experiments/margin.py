@@ -17,12 +17,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from boundary_cli.data.variants import FLIP, LowPass
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
 from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.shards import shard_chunks, shard_of
-from boundary_cli.geometry.dct import DCTBlock, dct_flip, diagonal_blocks, low_pass
+from boundary_cli.geometry.dct import DCTBlock, diagonal_blocks
 from boundary_cli.geometry.deepfool import (
     VJP_METHODS,
     deepfool_subspaces,
@@ -218,10 +219,9 @@ def run(ctx: RunContext) -> ExperimentOutput:
     figures = {}
     if n:
         raw = ctx.raw_test_x[idx[:N_EXAMPLES]]
-        bw = ctx.cfg.dataset.low_pass.bandwidth
-        bw = bw if bw and bw <= w else w // 2  # the figure's low-pass example only
-        examples = {"as given": raw, "flip": dct_flip(raw),
-                    f"low_pass b={bw}": low_pass(raw, bw, ctx.cfg.dataset.low_pass.mode)}
+        lp = ctx.cfg.dataset.low_pass
+        bw = lp.bandwidth if lp.bandwidth and lp.bandwidth <= w else w // 2  # the figure's low-pass example only
+        examples = {"as given": raw, FLIP.name: FLIP.apply(raw), f"low_pass b={bw}": LowPass(bw, lp.mode).apply(raw)}
         figures = {"margins": margins_figure(table, summary, title),
                    "examples": examples_figure(examples, f"{data.name} test images (this run: {data.variant})")}
     stats.update(n_samples=int(n), n_samples_chosen=len(chosen), n_subspaces=int(n_s), batch_rows=batch_rows,

@@ -11,6 +11,7 @@ the model's parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,6 @@ from torch import Tensor, nn
 from boundary_cli.geometry.dct import dct_flip
 
 Projection = Callable[[Tensor, Tensor], Tensor]
-VARIANTS = ("none", "flip", "low_pass")
 _TINY = 1e-12
 
 
@@ -79,39 +79,48 @@ def dykstra(v: Tensor, proj_a: Callable[[Tensor], Tensor], proj_b: Callable[[Ten
     return y
 
 
-def constraint_projection(variant: str, value_range: tuple[float, float], eps: float, dykstra_iters: int = 20,
-                          raw_range: tuple[float, float] = (0.0, 1.0)) -> Projection:
-    """The projection ``project(delta, x) -> delta`` (both (B, C, H, W)) PGD uses for a dataset variant.
+class OrthogonalMap(Protocol):
+    """An orthogonal linear map of images (B, C, H, W) and its inverse (its transpose)."""
 
-    * ``none``: L2 ball, then clip ``x + delta`` to ``value_range`` (the robustness library's
-      convention; not the exact projection onto the intersection, but feasible for both sets).
-    * ``flip``: x are flipped images; Dykstra (``dykstra_iters`` iterations) between the ball and the
-      flipped box of raw pixels in ``raw_range`` (``value_range``, the flipped data's range, is not
-      used), run in the raw-pixel domain (the same iterates mapped by the orthogonal dct_flip),
-      followed by a radial shrink into the ball. Both sets contain 0, so the shrink keeps
-      the box constraint and the result satisfies both exactly even before Dykstra has converged.
-    * ``low_pass``: L2 ball, then clip ``x + delta`` to ``value_range``. An approximation: the set of
-      low-pass images is a subspace and no box, so the adversarial image may leave it.
+    def apply(self, x: Tensor) -> Tensor: ...
+
+    def inverse(self, x: Tensor) -> Tensor: ...
+
+
+def constraint_projection(value_range: tuple[float, float], eps: float, dykstra_iters: int = 20, *,
+                          orthogonal: OrthogonalMap | None = None,
+                          raw_range: tuple[float, float] = (0.0, 1.0)) -> Projection:
+    """The projection ``project(delta, x) -> delta`` (both (B, C, H, W)) PGD uses on a data set.
+
+    * ``orthogonal`` None: L2 ball, then clip ``x + delta`` to ``value_range`` (the robustness
+      library's convention; not the exact projection onto the intersection, but feasible for both
+      sets). For data that is no box (a low-pass subspace) an approximation: the adversarial image
+      may leave the set.
+    * ``orthogonal`` a map T: x are mapped images ``T(x_raw)``; Dykstra (``dykstra_iters``
+      iterations) between the ball and the image under T of the box of raw pixels in ``raw_range``
+      (``value_range``, the mapped data's range, is not used), run in the raw-pixel domain (the same
+      iterates mapped by the orthogonal T), followed by a radial shrink into the ball. Both sets
+      contain 0, so the shrink keeps the box constraint and the result satisfies both exactly even
+      before Dykstra has converged.
     """
     low, high = value_range
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if variant in ("none", "low_pass"):
+    if orthogonal is None:
         def project(delta: Tensor, x: Tensor) -> Tensor:
             return project_box(project_l2_ball(delta, eps), x, low, high)
-    elif variant == "flip":
+    else:
         raw_low, raw_high = raw_range
+        m = orthogonal
 
         def project(delta: Tensor, x: Tensor) -> Tensor:
-            # dct_flip is orthogonal and maps the ball onto itself, so Dykstra runs on the raw-pixel
-            # side, where the box is a plain clip: two flips per call instead of two per iteration
-            raw = dct_flip(x)
+            # T is orthogonal and maps the ball onto itself, so Dykstra runs on the raw-pixel side,
+            # where the box is a plain clip: two maps per call instead of two per iteration
+            raw = m.inverse(x)
             lower, upper = raw_low - raw, raw_high - raw
-            d = dykstra(dct_flip(delta), lambda t: project_l2_ball(t, eps), lambda t: t.clamp(lower, upper),
+            d = dykstra(m.inverse(delta), lambda v: project_l2_ball(v, eps), lambda v: v.clamp(lower, upper),
                         dykstra_iters)
-            return project_l2_ball(dct_flip(d), eps)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+            return project_l2_ball(m.apply(d), eps)
     return project
 
 

@@ -23,8 +23,8 @@ class AdversarialOneCycleSGD(OneCycleSGD):
     ``epsilon``: L2 radius in pixel units of the training data. ``steps``: PGD steps T.
     ``step_size``: alpha, None for ``2.5 * epsilon / steps``. ``random_start``: start each attack
     uniformly in the ball (seeded from the training seed). ``dykstra_iters``: Dykstra iterations of
-    the flipped-data projection. The constraint set follows ``data.variant`` (see
-    :func:`~boundary_cli.geometry.pgd.constraint_projection`).
+    the flipped-data projection. The constraint set follows ``data.variant``: Dykstra through its
+    orthogonal map where it has one (see :func:`~boundary_cli.geometry.pgd.constraint_projection`).
     """
 
     epsilon: float
@@ -55,7 +55,8 @@ class AdversarialOneCycleSGD(OneCycleSGD):
         """The PGD perturbation of each training batch against the current weights, inside the
         constraint set of ``data.variant``, random starts seeded from ``seed``. Training loss and
         accuracy in the curve are then those of the adversarial batches; the test columns stay clean."""
-        project = constraint_projection(data.variant, data.value_range, self.epsilon, self.dykstra_iters)
+        project = constraint_projection(data.value_range, self.epsilon, self.dykstra_iters,
+                                        orthogonal=data.variant.orthogonal_map)
         gen = torch.Generator(device=device).manual_seed(seed)
 
         def perturb(net: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from boundary_cli.reporting.files import write_torch
+from boundary_cli.io import write_torch
 
 log = logging.getLogger(__name__)
 

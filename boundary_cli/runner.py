@@ -33,7 +33,7 @@ from boundary_cli.experiments.shards import shard_of
 from boundary_cli.models.build import build_network, normalization_spec
 from boundary_cli.models.checkpoint import load_weights
 from boundary_cli.models.normalize import Classifier, Normalize
-from boundary_cli.reporting.files import (
+from boundary_cli.io import (
     write_csv,
     write_figure,
     write_json,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from boundary_cli.errors import BoundaryError
-from boundary_cli.reporting.files import write_csv, write_figure, write_npy
+from boundary_cli.io import write_csv, write_figure, write_npy
 from boundary_cli.reporting.plots import comparison_figure, margins_figure
 from boundary_cli.reporting.summary import summarize_margins
 

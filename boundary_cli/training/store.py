@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from boundary_cli.cache import stable_hash
-from boundary_cli.reporting.files import write_csv, write_json, write_torch
+from boundary_cli.io import write_csv, write_json, write_torch
 
 log = logging.getLogger(__name__)
 

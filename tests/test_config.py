@@ -35,7 +35,8 @@ def cfg_for(*overrides: str, hydra: bool = False):
 
 def identity_of(cfg) -> dict:
     """The weights key of ``cfg``'s model, from the data the run would train on."""
-    data = apply_variant(load_dataset(cfg), cfg.dataset.variant, cfg.dataset.low_pass.bandwidth, cfg.dataset.low_pass.mode)
+    low_pass = cfg.dataset.low_pass
+    data = apply_variant(load_dataset(cfg), cfg.dataset.variant, low_pass.bandwidth, low_pass.mode)
     return weights_identity(cfg, data)
 
 

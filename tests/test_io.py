@@ -15,7 +15,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from boundary_cli.io import atomic_path, write_csv, write_figure, write_json, write_npy, write_text, write_torch  # noqa: E402
+from boundary_cli.io import (  # noqa: E402
+    atomic_path,
+    write_csv,
+    write_figure,
+    write_json,
+    write_npy,
+    write_text,
+    write_torch,
+)
 
 
 def write_each_kind(folder: Path) -> list[Path]:

@@ -11,13 +11,16 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from boundary_cli.reporting.files import write_torch
+from boundary_cli.io import write_torch
+from boundary_cli.locks import DEFAULT_LOCK_TIMEOUT, waiting_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def tensor_hash(*tensors: torch.Tensor, length: int = 16) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy of big training sets
     return h.hexdigest()[:length]
 
 
@@ -47,10 +50,12 @@ def model_hash(model: nn.Module) -> str:
 
 
 class ChunkStore:
-    """Dictionaries of tensors stored as ``<root>/<key>.pt``, written atomically."""
+    """Dictionaries of tensors stored as ``<root>/<key>.pt``, written atomically; ``lock_timeout``:
+    seconds :meth:`locked` waits for another job computing the same chunk (None: no limit)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT):
         self.root = Path(root)
+        self.lock_timeout = lock_timeout
         self.stored = 0
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
@@ -62,6 +67,28 @@ class ChunkStore:
         except Exception as exc:  # a damaged chunk is recomputed, not fatal
             log.warning("ignoring unreadable chunk %s (%s)", path, exc)
             return None
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold the lock of chunk ``key`` (``<root>/locks/<key>.lock``) for the block: jobs that compute
+        the same chunk at once wait for each other (see :func:`boundary_cli.locks.waiting_lock`)."""
+        with waiting_lock(self.root / "locks" / f"{key}.lock", self.lock_timeout, "computing", f"chunk {key}"):
+            yield
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The stored chunk ``key``, or ``compute()`` stored under it. Of several jobs asking for a missing
+        chunk at once one computes it and the others wait for it and load it. A computed chunk is returned
+        as stored (tensors on the CPU)."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        with self.locked(key):
+            found = self.get(key)  # another job may have stored it while this one waited
+            if found is not None:
+                return found
+            value = {k: v.detach().cpu() for k, v in compute().items()}
+            self.put(key, value)
+            return value
 
     def put(self, key: str, value: dict[str, torch.Tensor]) -> None:
         write_torch(self.root / f"{key}.pt", {k: v.detach().cpu() for k, v in value.items()})

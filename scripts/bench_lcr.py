@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_margin import bench_setup, timed  # noqa: E402
 
 from boundary_cli.detectors.mutants import draw_mutant, mutated_state, predict_mutants  # noqa: E402
-from boundary_cli.runner import memory_budget  # noqa: E402
+from boundary_cli.device import memory_budget  # noqa: E402
 
 
 def forward_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -52,13 +52,9 @@ from boundary_cli.geometry.deepfool import (
 )
 from boundary_cli.geometry.precision import fp32_precision, model_precision
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
-from boundary_cli.runner import (
-    build_model,
-    load_dataset,
-    memory_budget,
-    obtain_model,
-    prepare_device,
-)
+from boundary_cli.device import memory_budget, prepare_device
+from boundary_cli.runner import load_dataset
+from boundary_cli.training.obtain import build_model, obtain_model
 
 
 def sync(device: torch.device) -> None:
@@ -87,8 +83,8 @@ def bench_setup(args: argparse.Namespace, tune_allocator: bool = True):
     device = prepare_device(cfg.device, tune_allocator=tune_allocator)
     raw = load_dataset(cfg)
     data = apply_variant(raw, variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass))
-    model, info, _ = obtain_model(cfg, data, device, progress=False)
-    return cfg, device, data, model, info
+    obtained = obtain_model(cfg, data, device, progress=False)
+    return cfg, device, data, obtained.model, obtained.provenance
 
 
 SYNTHETIC_SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),

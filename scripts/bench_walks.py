@@ -29,7 +29,7 @@ from bench_margin import bench_setup, timed  # noqa: E402
 
 from boundary_cli.geometry.deepfool import input_gradients_only, rows_for_budget  # noqa: E402
 from boundary_cli.geometry.walks import walk_to_classes  # noqa: E402
-from boundary_cli.runner import memory_budget  # noqa: E402
+from boundary_cli.device import memory_budget  # noqa: E402
 
 
 def step_seconds(model, x: torch.Tensor, target: torch.Tensor, device, reps: int) -> float:

@@ -25,7 +25,7 @@ from boundary_cli.geometry.pgd import (
     project_flipped_box,
     project_l2_ball,
 )
-from boundary_cli.runner import obtain_model
+from boundary_cli.training.obtain import obtain_model
 from boundary_cli.training.adversarial import AdversarialOneCycleSGD
 
 
@@ -216,7 +216,8 @@ def test_adversarial_training_widens_the_margin(tmp_path, digits):
     medians = {}
     for training in ("reference", "adversarial"):
         cfg = cfg_for(f"training={training}", f"paths.cache_dir={tmp_path}", "training.recipe.epochs=8", "device=cpu")
-        model, info, _ = obtain_model(cfg, digits, torch.device("cpu"), progress=False)
+        obtained = obtain_model(cfg, digits, torch.device("cpu"), progress=False)
+        model, info = obtained.model, obtained.provenance
         assert info["test_accuracy"] > 0.95 and not model.training
         result = deepfool(model, digits.test_x[:200], candidates=10)
         assert result.converged.all()

@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
-from boundary_cli.runner import build_model, weights_identity
+from boundary_cli.data.variants import apply_variant
+from boundary_cli.runner import load_dataset
+from boundary_cli.training.obtain import build_model, weights_identity
 
 SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "imagenet": (3, 224),
          "image_folder": (3, 224)}
@@ -30,6 +32,13 @@ def options(group: str) -> list[str]:
 def cfg_for(*overrides: str, hydra: bool = False):
     with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def identity_of(cfg) -> dict:
+    """The weights key of ``cfg``'s model, from the data the run would train on."""
+    low_pass = cfg.dataset.low_pass
+    data = apply_variant(load_dataset(cfg), cfg.dataset.variant, low_pass.bandwidth, low_pass.mode)
+    return weights_identity(cfg, data)
 
 
 def fake_data(channels: int, size: int) -> ImageData:
@@ -160,17 +169,17 @@ def test_dataset_loaders_are_importable_targets():
 
 
 def test_weights_identity_ignores_paths_devices_and_experiment_settings():
-    base = weights_identity(cfg_for())
+    base = identity_of(cfg_for())
     same = [cfg_for("paths.cache_dir=/elsewhere", "paths.data_dir=/x", "device=cpu", "experiment.n_samples=7",
                     "experiment.deepfool.max_iter=3", "dataset.download=true", "training.min_accuracy=0.1",
                     "shard.index=1", "shard.count=4", "experiment.deepfool.max_memory_gb=2",
                     "dataset.low_pass.bandwidth=2")]
     for cfg in same:
-        assert weights_identity(cfg) == base
+        assert identity_of(cfg) == base
     different = [cfg_for("seed=1"), cfg_for("dataset.variant=flip"), cfg_for("model=resnet18"),
                  cfg_for("training=quick"), cfg_for("dataset.variant=low_pass"),
                  cfg_for("dataset.variant=low_pass", "dataset.low_pass.bandwidth=2")]
-    keys = {str(weights_identity(cfg)) for cfg in different}
+    keys = {str(identity_of(cfg)) for cfg in different}
     assert str(base) not in keys and len(keys) == len(different)
 
 
@@ -193,9 +202,10 @@ def test_lcr_on_resnet20_brings_the_reference_recipe_and_its_pixel_mean(override
 
 
 def test_the_recipes_weights_key_differs_from_the_reference_recipes():
-    a = weights_identity(cfg_for("experiment=lcr", "model=resnet20"))
-    b = weights_identity(cfg_for("experiment=lcr", "model=resnet20", "training=reference"))
-    assert a["model"]["normalization"] == "pixel_mean" and "normalization" not in b["model"]
+    a = identity_of(cfg_for("experiment=lcr", "model=resnet20"))
+    b = identity_of(cfg_for("experiment=lcr", "model=resnet20", "training=reference"))
+    assert a["model"]["normalization"] == "pixel_mean" and b["model"]["normalization"] == "dataset"
+    assert a["normalization"] != b["normalization"]  # the statistics themselves, by content
     assert a["training"]["name"] == "lcr_adam" and a != b
 
 

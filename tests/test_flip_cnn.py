@@ -15,7 +15,7 @@ from boundary_cli.models.lenet import lenet
 from boundary_cli.models.resnet import resnet18
 from boundary_cli.models.small_cnn import small_cnn
 from boundary_cli.models.vgg import vgg19
-from boundary_cli.runner import build_model
+from boundary_cli.training.obtain import build_model
 
 
 def n_params(net: nn.Module) -> int:

@@ -17,7 +17,7 @@ from boundary_cli.errors import BoundaryError
 from boundary_cli.models.build import normalization_spec
 from boundary_cli.models.normalize import Classifier, Normalize
 from boundary_cli.models.resnet20 import resnet20
-from boundary_cli.runner import build_model
+from boundary_cli.training.obtain import build_model
 from boundary_cli.training.lcr_adam import AUGMENT_SEED_OFFSET, LcrAdam, draw_shift_flip, shift_flip
 
 

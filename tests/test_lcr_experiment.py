@@ -15,6 +15,7 @@ from conftest import boundary, cli_env
 from omegaconf import OmegaConf
 
 from boundary_cli import runner
+from boundary_cli.training.obtain import build_model
 from boundary_cli.data.images import ImageData
 from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.detectors.mutants import draw_mutant
@@ -87,7 +88,7 @@ def test_lcr_recomputed_from_mutants_csv_equals_lcr_csv(lcr_run):
     info = json.loads((lcr_run / "run.json").read_text())
     raw = runner.load_dataset(cfg)
     data = apply_variant(raw, variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass))
-    model = runner.build_model(cfg, data)
+    model = build_model(cfg, data)
     model.load_state_dict(torch.load(info["model"]["path"], map_location="cpu", weights_only=True))
     model.eval()
     table = pd.read_csv(lcr_run / "lcr.csv")

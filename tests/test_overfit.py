@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 
 from boundary_cli.errors import BoundaryError
 from boundary_cli.models.flip_cnn import flip_cnn
-from boundary_cli.runner import build_model, load_dataset, obtain_model, seed_everything, snapshot_epochs
+from boundary_cli.runner import load_dataset
+from boundary_cli.training.obtain import build_model, obtain_model, seed_everything, snapshot_epochs
 from boundary_cli.training.optimizer_state import adam_slots, named_optimizer_state
 from boundary_cli.training.overfit import WithParams, overfit_independent, overfit_sequential
 
@@ -87,12 +88,14 @@ def test_snapshot_equals_a_run_that_stops_there(tmp_path):
     common = ["model=flip_cnn", "training=flip_adam", f"paths.cache_dir={tmp_path}", "device=cpu"]
     cfg4 = cfg_for(*common, "training.recipe.epochs=4", "training.save_epochs=[2]")
     data = load_dataset(cfg4)
-    snap, prov, _ = obtain_model(cfg4, data, CPU, progress=False, epoch=2)
+    got = obtain_model(cfg4, data, CPU, progress=False, epoch=2)
+    snap, prov = got.model, got.provenance
     assert prov["source"] == "trained" and prov["epoch"] == 2
-    final, prov_final, curve = obtain_model(cfg4, data, CPU, progress=False)
+    got = obtain_model(cfg4, data, CPU, progress=False)
+    final, prov_final, curve = got.model, got.provenance, got.curve
     assert prov_final["source"] == "store" and prov_final["epoch"] == 4 and len(curve) == 4
-    fresh2, _, _ = obtain_model(cfg_for(*common, "training.recipe.epochs=2", "training.save_epochs=[]",
-                                        f"paths.cache_dir={tmp_path / 'other'}"), data, CPU, progress=False)
+    fresh2 = obtain_model(cfg_for(*common, "training.recipe.epochs=2", "training.save_epochs=[]",
+                                  f"paths.cache_dir={tmp_path / 'other'}"), data, CPU, progress=False).model
     for (name, a), b in zip(snap.state_dict().items(), fresh2.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert not all(torch.equal(a, b) for a, b in zip(snap.state_dict().values(), final.state_dict().values()))
@@ -187,8 +190,8 @@ def test_store_keeps_the_training_runs_adam_state_with_every_snapshot(tmp_path):
               "training.recipe.epochs=2", "training.save_epochs=[1]"]
     cfg = cfg_for(*common)
     data = load_dataset(cfg)
-    _, prov1, _ = obtain_model(cfg, data, CPU, progress=False, epoch=1)
-    _, prov2, _ = obtain_model(cfg, data, CPU, progress=False)
+    prov1 = obtain_model(cfg, data, CPU, progress=False, epoch=1).provenance
+    prov2 = obtain_model(cfg, data, CPU, progress=False).provenance
     assert prov2["source"] == "store"
     kept = {e: torch.load(p["optimizer_state"], weights_only=True) for e, p in ((1, prov1), (2, prov2))}
     batches = -(-len(data.train_y) // int(cfg.training.recipe.batch_size))
@@ -208,8 +211,8 @@ def test_store_keeps_the_training_runs_adam_state_with_every_snapshot(tmp_path):
                 assert torch.allclose(st["state"][name][slot], seen[epoch]["state"][i][slot], atol=1e-7), (epoch, name)
     # training.save_optimizer=false keeps none (and the store entry made with it is not reused for true)
     cfg_off = cfg_for(*common, "training.save_optimizer=false", f"paths.cache_dir={tmp_path / 'off'}")
-    _, prov_off, _ = obtain_model(cfg_off, data, CPU, progress=False)
+    prov_off = obtain_model(cfg_off, data, CPU, progress=False).provenance
     assert prov_off["optimizer_state"] is None
     cfg_on = cfg_for(*common, f"paths.cache_dir={tmp_path / 'off'}")
-    _, prov_on, _ = obtain_model(cfg_on, data, CPU, progress=False)
+    prov_on = obtain_model(cfg_on, data, CPU, progress=False).provenance
     assert prov_on["source"] == "trained" and prov_on["optimizer_state"] is not None

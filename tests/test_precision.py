@@ -199,12 +199,12 @@ def test_tf32_default_is_off(process_wide_tf32):
 
 
 def test_prepare_device_switches_nothing_on(monkeypatch):
-    from boundary_cli import runner
+    from boundary_cli import device
 
-    monkeypatch.setattr(runner, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(device, "resolve_device", lambda name: torch.device("cuda"))
     before = _flags()
     with model_precision(False):  # whatever the process had: it stays
-        assert runner.prepare_device("cuda") == torch.device("cuda")
+        assert device.prepare_device("cuda") == torch.device("cuda")
         assert _flags() == ("ieee", "ieee")
     assert _flags() == before
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.shards import shard_chunks, shard_of
-from boundary_cli.runner import shard_device
+from boundary_cli.device import shard_device
 
 
 @pytest.mark.parametrize("n,chunk,count", [(100, 10, 3), (100, 7, 8), (5, 2, 4), (30, 40, 3), (0, 5, 2)])

@@ -8,7 +8,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from boundary_cli.errors import BoundaryError
-from boundary_cli.runner import load_dataset, weights_identity
+from boundary_cli.runner import load_dataset
+from boundary_cli.training.obtain import weights_identity
 
 
 def cfg_for(tmp_path, *overrides: str):
@@ -23,10 +24,15 @@ def test_train_first_keeps_the_first_images_in_file_order(tmp_path):
     assert torch.equal(part.test_x, full.test_x)  # the test split is untouched
 
 
-def test_train_first_enters_the_weights_key_only_when_set(tmp_path):
-    default = weights_identity(cfg_for(tmp_path))
+def test_train_first_enters_the_weights_key_through_the_data_it_keeps(tmp_path):
+    def identity(*overrides):
+        cfg = cfg_for(tmp_path, *overrides)
+        return weights_identity(cfg, load_dataset(cfg))
+
+    default, part = identity(), identity("dataset.train_first=100")
     assert "train_first" not in default["dataset"]
-    assert weights_identity(cfg_for(tmp_path, "dataset.train_first=100"))["dataset"]["train_first"] == 100
+    assert part["dataset"]["train_x"] != default["dataset"]["train_x"] and part != default
+    assert part == identity("dataset.train_first=100") and identity("dataset.train_first=null") == default
 
 
 @pytest.mark.parametrize("value", [0, 100000, "many"])

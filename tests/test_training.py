@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from boundary_cli.data.digits import load_digits
-from boundary_cli.runner import obtain_model
+from boundary_cli.training.obtain import obtain_model
 from boundary_cli.training.one_cycle import OneCycleSGD
 from boundary_cli.training.store import CheckpointStore
 
@@ -40,10 +40,12 @@ def test_obtain_model_trains_once_then_reuses(tmp_path, caplog):
     with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
         cfg = compose("config", overrides=["training=quick", f"paths.cache_dir={tmp_path}", "training.min_accuracy=0.9"])
     data = load_digits(tmp_path, tmp_path)
-    model, info, curve = obtain_model(cfg, data, torch.device("cpu"), progress=False)
+    first = obtain_model(cfg, data, torch.device("cpu"), progress=False)
+    model, info, curve = first.model, first.provenance, first.curve
     assert info["source"] == "trained" and len(curve) == 3 and not model.training
     assert info["test_accuracy"] > 0.9
-    again, info2, curve2 = obtain_model(cfg, data, torch.device("cpu"), progress=False)
+    second = obtain_model(cfg, data, torch.device("cpu"), progress=False)
+    again, info2, curve2 = second.model, second.provenance, second.curve
     assert info2["source"] == "store" and info2["path"] == info["path"] and len(curve2) == 3
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)

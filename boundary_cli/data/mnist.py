@@ -24,7 +24,7 @@ from boundary_cli.data.sources import (
     to_image_data,
 )
 from boundary_cli.errors import BoundaryError
-from boundary_cli.reporting.files import atomic_path
+from boundary_cli.io import atomic_path
 
 IDX_FILES = (
     "train-images-idx3-ubyte",

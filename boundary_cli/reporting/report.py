@@ -13,7 +13,7 @@ import pandas as pd
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.registry import Experiment
-from boundary_cli.reporting.files import write_csv, write_figure, write_npy
+from boundary_cli.io import write_csv, write_figure, write_npy
 from boundary_cli.reporting.plots import margins_figure
 from boundary_cli.reporting.summary import summarize_margins
 from boundary_cli.reporting.titles import run_title

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ import pandas as pd
 import torch
 
 from boundary_cli.cache import stable_hash
-from boundary_cli.reporting.files import write_csv, write_json, write_torch
+from boundary_cli.io import write_csv, write_json, write_torch
+from boundary_cli.locks import DEFAULT_LOCK_TIMEOUT, waiting_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,12 @@ class StoredModel:
 
 
 class CheckpointStore:
-    """Folder ``<root>/<dataset>/<model>/`` of content-addressed checkpoints."""
+    """Folder ``<root>/<dataset>/<model>/`` of content-addressed checkpoints; ``lock_timeout``: seconds
+    :meth:`locked` waits for another job training the same weights (None: no limit)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT):
         self.root = Path(root)
+        self.lock_timeout = lock_timeout
 
     @staticmethod
     def key(identity: dict[str, Any]) -> str:
@@ -53,6 +58,14 @@ class CheckpointStore:
     def path(self, identity: dict[str, Any]) -> Path:
         """Where the weights for ``identity`` are (or would be) stored."""
         return self._stem(identity).with_suffix(".pt")
+
+    @contextmanager
+    def locked(self, identity: dict[str, Any]) -> Iterator[None]:
+        """Hold ``<key>.lock`` beside the entry for the block: the job that trains ``identity`` holds it,
+        and other jobs that need the same weights wait for it (see :func:`boundary_cli.locks.waiting_lock`)."""
+        stem = self._stem(identity)
+        with waiting_lock(stem.with_suffix(".lock"), self.lock_timeout, "training", f"model {stem.name}"):
+            yield
 
     def load(self, identity: dict[str, Any]) -> StoredModel | None:
         stem = self._stem(identity)

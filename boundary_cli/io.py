@@ -1,19 +1,36 @@
-"""Atomic file writing: every final file appears whole or not at all (temp file + rename)."""
+"""Atomic file writing: every final file appears whole or not at all (temp file + rename).
+
+The lowest layer of boundary's own modules: the chunk cache, the checkpoint store, data/ and the
+reporting all write through it. Files are created with the user's umask (0644 under the usual 022),
+so colleagues on a shared cluster can read the results.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
-import numpy as np
-import pandas as pd
-import torch
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # imported where used: writing text must not load matplotlib, pandas or torch
+    import numpy as np
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+def _create_temp(path: Path) -> Path:
+    """An empty, new file next to ``path``, with the mode ``open()`` would give it (0666 less the umask;
+    ``tempfile.mkstemp`` always makes 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 @contextmanager
@@ -21,13 +38,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -50,10 +66,14 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> Path:
+    import numpy as np
+
     return _write(path, lambda fh: np.save(fh, array))
 
 
 def write_torch(path: str | Path, obj: Any) -> Path:
+    import torch
+
     return _write(path, lambda fh: torch.save(obj, fh))
 
 

@@ -95,3 +95,34 @@ def test_work_counts_per_kind_and_run_title(tmp_path):
     assert (work["a"]["forwards"], work["b"]["forwards"], work["b"]["backwards"], work["b"]["chunks"]) == (2, 4, 8, 2)
     assert ctx.title() == "digits (none), small_cnn, quick seed 0"
     assert ctx.title("10 test images") == "digits (none), small_cnn, quick seed 0, 10 test images"
+
+
+def test_two_jobs_needing_the_same_chunk_compute_it_once(tmp_path):
+    """Two run contexts (two jobs of a sweep) ask for the same missing chunk at once: one computes
+    it while holding the chunk's lock, the other waits and reads what the first stored."""
+    import threading
+
+    calls: list = []
+    started = threading.Event()
+
+    def slow(x, progress):
+        calls.append(1)
+        started.set()
+        threading.Event().wait(1.0)  # hold the lock long enough for the other job to arrive
+        return Computed({"y": x + 1})
+
+    results = {}
+
+    def job(name):
+        results[name] = _ctx(tmp_path).cached_chunks("slow", [torch.arange(4.0)], slow, fmt=1, params={}, rows=len)
+
+    first = threading.Thread(target=job, args=("a",))
+    first.start()
+    started.wait(10)
+    second = threading.Thread(target=job, args=("b",))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert len(calls) == 1
+    assert results["a"].reused == 0 and results["b"].reused == 1
+    assert torch.equal(results["b"].cat("y"), torch.arange(4.0) + 1)

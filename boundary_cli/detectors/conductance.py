@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from boundary_cli.geometry.deepfool import input_gradients_only
+from boundary_cli.geometry.rows import input_gradients_only
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -106,7 +106,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
                                    model_id=ctx.model_id)
         all_stats.append(stats)
         columns = dict(ctx.identity, pool=pool.name, sample_index=pool.index.numpy(), true_label=pool.label.numpy())
-        flips.append(walk_table(res, columns, params["mode"]))
+        flips.append(walk_table(res, columns, params.mode))
         layer_rows.append(layer_table(res, layers, columns))
     if not flips:
         raise BoundaryError(f"no image of any pool is predicted as one of experiment.source_classes={sources}")
@@ -114,7 +114,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     layers_df = pd.concat(layer_rows, ignore_index=True)
     summary = summarize(table)
     stats = merge_stats(all_stats)
-    stats.update(layers=layers, walk=dict(params, clip=list(params["clip"]) if params["clip"] else None),
+    stats.update(layers=layers, walk=params.key(),
                  share_flipped=round(float((table["status"] == "flipped").sum() / max(1, (table["status"] != "own").sum())), 4),
                  median_nearest_flip_l2={p: _median_nearest(table, p) for p in table["pool"].unique()})
     for pool, med in stats["median_nearest_flip_l2"].items():

@@ -19,9 +19,8 @@ from boundary_cli.data.pools import Pool, split_indices
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int, positive_number
 from boundary_cli.experiments.context import RunContext
-from boundary_cli.geometry.deepfool import rows_for_budget
 from boundary_cli.geometry.taps import available_layers, default_layers, layer_distances, unknown_layers
-from boundary_cli.geometry.walks import STATUSES, WALK_MODES, walk_to_classes
+from boundary_cli.geometry.walks import WALK_MODES, WalkParams, batch_rows_for_budget, status_names, walk_to_classes
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,10 @@ def validate_walk(w: DictConfig, key: str = "experiment.walk", modes: tuple[str,
         raise BoundaryError(f"{key}.clip must be true or false, got {w.clip!r}")
 
 
-def walk_params(w: DictConfig, value_range: tuple[float, float]) -> dict[str, Any]:
-    """Keyword arguments of :func:`walk_to_classes` from a walk section."""
-    return dict(mode=str(w.mode), eta=float(w.eta), max_steps=int(w.max_steps),
-                clip=tuple(float(v) for v in value_range) if w.clip else None)
+def walk_params(w: DictConfig, value_range: tuple[float, float]) -> WalkParams:
+    """The walk settings of a walk section; ``clip: true`` boxes the walk to ``value_range``."""
+    return WalkParams(mode=str(w.mode), eta=float(w.eta), max_steps=int(w.max_steps),
+                      clip=tuple(value_range) if w.clip else None)
 
 
 def model_epochs(cfg: DictConfig) -> list[int | None]:
@@ -80,10 +79,10 @@ def batch_rows_for(ctx: RunContext, model: nn.Module, example: Tensor) -> int:
     e = ctx.cfg.experiment
     if e.batch_rows != "auto":
         return int(e.batch_rows)
-    return rows_for_budget(model, example[:1].to(ctx.device), 2, ctx.memory_budget)
+    return batch_rows_for_budget(model, example[:1].to(ctx.device), ctx.memory_budget)
 
 
-def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor, params: dict[str, Any], *,
+def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor, params: WalkParams, *,
                   layers: list[str] | None = None, desc: str = "walks",
                   model_id: str | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Walk every image of x (N, C, H, W) toward every class of ``classes`` (T,), chunk by chunk,
@@ -108,7 +107,7 @@ def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor,
             xc = x[chunk].to(ctx.device)
             key = stable_hash(dict(kind="walk", format=CHUNK_FORMAT, model=model_id, inputs=tensor_hash(xc),
                                    classes=classes.tolist(), layers=layers, device=ctx.device.type,
-                                   torch=torch.__version__, **params))
+                                   torch=torch.__version__, **params.key()))
             got = ctx.chunks.get(key)
             was_reused = got is not None and all(k in got for k in keys)
             if was_reused:
@@ -116,8 +115,8 @@ def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor,
                 bar.update(len(chunk) * len(classes))
             else:
                 start = time.perf_counter()
-                res = walk_to_classes(model, xc, classes.to(ctx.device), batch_rows=batch_rows,
-                                      keep_points=bool(layers), progress=bar.update, **params)
+                res = walk_to_classes(model, xc, classes.to(ctx.device), params, batch_rows=batch_rows,
+                                      keep_points=bool(layers), progress=bar.update)
                 got = {k: getattr(res, k).cpu() for k in WALK_KEYS}
                 if layers:
                     starts = xc.repeat_interleave(len(classes), dim=0)
@@ -169,7 +168,7 @@ def walk_table(res: dict[str, Tensor], columns: dict[str, Any], mode: str) -> pd
         "target": res["target"].reshape(-1).numpy(),
         "mode": mode,
         "steps": res["steps"].reshape(-1).numpy(),
-        "status": [STATUSES[int(s)] for s in res["status"].reshape(-1)],
+        "status": status_names(res["status"]),
         "l2": res["l2"].reshape(-1).numpy(),
         "l2_sq": res["l2_sq"].reshape(-1).numpy(),
         "end_class": res["end_class"].reshape(-1).numpy(),
@@ -189,7 +188,7 @@ def layer_table(res: dict[str, Tensor], layers: list[str], columns: dict[str, An
         **per_image,
         "source_pred": np.repeat(res["source"].reshape(-1).numpy(), len(layers)),
         "target": np.repeat(res["target"].reshape(-1).numpy(), len(layers)),
-        "status": np.repeat([STATUSES[int(s)] for s in res["status"].reshape(-1)], len(layers)),
+        "status": np.repeat(status_names(res["status"]), len(layers)),
         "layer": np.tile(layers, n * t),
         "layer_index": np.tile(np.arange(len(layers)), n * t),
         "layer_l2": np.sqrt(sq),

@@ -120,6 +120,19 @@ def test_nearest_flip_with_nothing_flipped():
     assert slot.tolist() == [-1] and math.isinf(dist.item())
 
 
+def test_nearest_flip_on_planted_statuses():
+    # image 0: flips at slots 1 (d 3) and 2 (d 2), a shorter capped walk at slot 3 (ignored);
+    # image 1: only its own slot and a zero-gradient walk; image 2: one flip at slot 0
+    status = torch.tensor([[OWN, FLIPPED, FLIPPED, CAPPED], [ZERO_GRAD, OWN, ZERO_GRAD, CAPPED],
+                           [FLIPPED, CAPPED, OWN, ZERO_GRAD]])
+    dist = torch.tensor([[0.0, 3.0, 2.0, 1.0], [0.5, 0.0, 0.1, 7.0], [9.0, 1.0, 0.0, 0.2]])
+    slot, d = nearest_flip(status, dist)
+    assert slot.tolist() == [2, -1, 0]
+    assert d.tolist() == [2.0, float("inf"), 9.0]
+    slot, d = nearest_flip(status[None], dist[None] ** 2)  # any leading shape, any distance
+    assert slot.tolist() == [[2, -1, 0]] and d.tolist() == [[4.0, float("inf"), 81.0]]
+
+
 def loop_walk(model, x, target, eta, max_steps):
     """Plain per-row transcription of the targeted walk (the reference's algorithm plus a cap)."""
     out = []

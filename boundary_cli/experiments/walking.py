@@ -20,7 +20,14 @@ from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int, positive_number
 from boundary_cli.experiments.context import RunContext
 from boundary_cli.geometry.taps import available_layers, default_layers, layer_distances, unknown_layers
-from boundary_cli.geometry.walks import WALK_MODES, WalkParams, batch_rows_for_budget, status_names, walk_to_classes
+from boundary_cli.geometry.walks import (
+    WALK_MODES,
+    WalkParams,
+    batch_rows_for_budget,
+    nearest_flip,
+    status_names,
+    walk_to_classes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +183,24 @@ def walk_table(res: dict[str, Tensor], columns: dict[str, Any], mode: str) -> pd
         "first_exit_step": res["first_exit_step"].reshape(-1).numpy(),
         "n_classes_visited": visited.sum(dim=1).numpy(),
         "classes_visited": visited_text(visited),
+    })
+
+
+def nearest_table(res: dict[str, Tensor], columns: dict[str, Any]) -> pd.DataFrame:
+    """One row per image of :func:`measure_walks` output (N, T): its nearest successful flip's
+    target (``nearest_target``, -1 when none flipped) and distances ``l2`` and ``l2_sq`` (inf when none).
+
+    ``columns`` holds per-image arrays (N,) or constants.
+    """
+    slot, l2 = nearest_flip(res["status"], res["l2"])
+    found = slot >= 0
+    at = slot.clamp_min(0).unsqueeze(1)
+    inf = torch.tensor(float("inf"), dtype=res["l2_sq"].dtype)
+    return pd.DataFrame({
+        **columns,
+        "nearest_target": torch.where(found, res["target"].gather(1, at).squeeze(1), -1).numpy(),
+        "l2": l2.numpy(),
+        "l2_sq": torch.where(found, res["l2_sq"].gather(1, at).squeeze(1), inf).numpy(),
     })
 
 

@@ -17,14 +17,13 @@ from torch import Tensor
 
 from boundary_cli.data.pools import POOLS, Pool, gaussian_images, split_indices, uniform_images
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import classes_in_range, int_list, one_of, positive_int
+from boundary_cli.experiments.checks import classes_in_range, int_list, layer_names, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.walking import (
     layer_table,
     measure_walks,
     merge_stats,
     nearest_table,
-    resolve_layers,
     validate_common,
     validate_walk,
     walk_params,
@@ -88,7 +87,7 @@ def _keep_sources(pool: Pool, pred: Tensor, sources: list[int] | None) -> Pool:
 
 def run(ctx: RunContext) -> ExperimentOutput:
     e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
-    layers = resolve_layers(model, e.layers)
+    layers = layer_names(model, e.layers, "experiment.layers")
     sources = int_list(e.source_classes, "experiment.source_classes", allow_all=True)
     classes_in_range(sources, data.num_classes, "experiment.source_classes")
     plot_sources = int_list(e.plot_sources, "experiment.plot_sources")

@@ -18,12 +18,11 @@ import torch
 from omegaconf import DictConfig
 
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int
+from boundary_cli.experiments.checks import layer_names, nonnegative_int, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.walking import (
     chosen_images,
     measure_walks,
-    resolve_layers,
     validate_common,
     validate_selection,
     validate_walk,
@@ -50,7 +49,7 @@ def validate(cfg: DictConfig) -> None:
 
 def run(ctx: RunContext) -> ExperimentOutput:
     e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
-    layers = resolve_layers(model, e.layers)
+    layers = layer_names(model, e.layers, "experiment.layers")
     params = walk_params(e.walk, data.value_range)
     images = chosen_images(ctx)
     classes = torch.arange(data.num_classes)

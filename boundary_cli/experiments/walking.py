@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -19,7 +19,7 @@ from boundary_cli.data.pools import Pool, split_indices
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int, positive_number
 from boundary_cli.experiments.context import RunContext
-from boundary_cli.geometry.taps import available_layers, default_layers, layer_distances, unknown_layers
+from boundary_cli.geometry.taps import layer_distances
 from boundary_cli.geometry.walks import (
     WALK_MODES,
     WalkParams,
@@ -63,22 +63,6 @@ def validate_common(e: DictConfig) -> None:
     positive_int(e.chunk_size, "experiment.chunk_size")
     if e.batch_rows != "auto":
         positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
-
-
-def resolve_layers(model: nn.Module, value: Any) -> list[str]:
-    """``default`` -> input + the model's tap layers; a list is checked against the model."""
-    if value == "default":
-        return default_layers(model)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple, ListConfig)) or not value:
-        raise BoundaryError(f"experiment.layers must be 'default' or a list of layer names, got {value!r}")
-    layers = [str(v) for v in value]
-    missing = unknown_layers(model, layers)
-    if missing:
-        raise BoundaryError(f"unknown layer(s) {', '.join(missing)} in experiment.layers; this model has: "
-                            f"{', '.join(available_layers(model))}")
-    return layers
 
 
 def batch_rows_for(ctx: RunContext, model: nn.Module, example: Tensor) -> int:

@@ -44,15 +44,16 @@ from boundary_cli.experiments.margin import select_samples
 from boundary_cli.geometry.dct import diagonal_blocks
 from boundary_cli.geometry.deepfool import (
     VJP_METHODS,
+    DeepFoolParams,
+    batch_rows_for_budget,
     deepfool,
     deepfool_subspaces,
     difference_grads,
-    input_gradients_only,
-    rows_for_budget,
 )
 from boundary_cli.geometry.precision import fp32_precision, model_precision
 from boundary_cli.geometry.reference_deepfool import deepfool_single, dense_block_basis
 from boundary_cli.device import memory_budget, prepare_device
+from boundary_cli.geometry.rows import input_gradients_only
 from boundary_cli.runner import load_dataset
 from boundary_cli.training.obtain import build_model, obtain_model
 
@@ -180,7 +181,7 @@ def main() -> None:
     blocks = diagonal_blocks(data.image_size[0], cfg.dataset.subspaces.block, cfg.dataset.subspaces.step,
                              channels=data.channels) if args.subspaces else []
     n_rows = x.shape[0] * (1 + len(blocks))
-    batch_rows = args.batch_rows or rows_for_budget(model, x[:1], kc, memory_budget(device))
+    batch_rows = args.batch_rows or batch_rows_for_budget(model, x[:1], kc, memory_budget(device))
     floor_batch = min(n_rows, batch_rows)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.model} on {args.dataset} "
           f"(test accuracy {info['test_accuracy']:.4f}), {x.shape[0]} samples x {1 + len(blocks)} spaces = "
@@ -188,13 +189,13 @@ def main() -> None:
           f"{', random weights and inputs' if args.synthetic else ''}{', model in TF32' if args.tf32 else ''}")
 
     def batched(method: str, keep: bool = False, tf32: bool = args.tf32):
-        common = dict(batch_rows=batch_rows, vjp=method, keep_perturbation=keep, candidates=kc, sync_every=sync_every,
-                      tf32=tf32)
+        params = DeepFoolParams(candidates=kc, vjp=method, sync_every=sync_every, tf32=tf32)
+        common = dict(batch_rows=batch_rows, keep_perturbation=keep)
         if blocks:
-            return deepfool_subspaces(model, x, blocks, **common)
-        return deepfool(model, x, **common)
+            return deepfool_subspaces(model, x, blocks, params, **common)
+        return deepfool(model, x, params, **common)
 
-    deepfool(model, x[:8], vjp="loop", candidates=kc)  # warm-up
+    deepfool(model, x[:8], DeepFoolParams(candidates=kc))  # warm-up
     results = {}
     for m in args.vjp:
         res, t = timed(partial(batched, m), device)

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_margin import bench_setup, timed  # noqa: E402
 
-from boundary_cli.geometry.deepfool import input_gradients_only, rows_for_budget  # noqa: E402
-from boundary_cli.geometry.walks import walk_to_classes  # noqa: E402
 from boundary_cli.device import memory_budget  # noqa: E402
+from boundary_cli.geometry.rows import input_gradients_only  # noqa: E402
+from boundary_cli.geometry.walks import WalkParams, batch_rows_for_budget, walk_to_classes  # noqa: E402
 
 
 def step_seconds(model, x: torch.Tensor, target: torch.Tensor, device, reps: int) -> float:
@@ -94,14 +94,15 @@ def main() -> None:
     classes = torch.arange(data.num_classes, device=device)
     clip = tuple(float(v) for v in data.value_range)
     n_rows = x.shape[0] * len(classes)
-    batch_rows = args.batch_rows or rows_for_budget(model, x[:1], 2, memory_budget(device))
-    kw = dict(eta=args.eta, max_steps=args.max_steps, clip=clip, batch_rows=batch_rows, keep_points=False)
+    batch_rows = args.batch_rows or batch_rows_for_budget(model, x[:1], memory_budget(device))
+    params = WalkParams(eta=args.eta, max_steps=args.max_steps, clip=clip)
+    kw = dict(batch_rows=batch_rows, keep_points=False)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.model} on {args.dataset} "
           f"(test accuracy {info['test_accuracy']:.4f}), {x.shape[0]} images x {len(classes)} targets = "
           f"{n_rows} rows, batch {batch_rows}")
 
-    walk_to_classes(model, x[:4], classes, **kw)  # warm-up
-    res, t_batched = timed(lambda: walk_to_classes(model, x, classes, **kw), device)
+    walk_to_classes(model, x[:4], classes, params, **kw)  # warm-up
+    res, t_batched = timed(lambda: walk_to_classes(model, x, classes, params, **kw), device)
     row_steps = res.n_forward
     steps = res.steps.reshape(-1).cpu()
 

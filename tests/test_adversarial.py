@@ -16,7 +16,7 @@ from boundary_cli.data.images import ImageData
 from boundary_cli.data.variants import FLIP, apply_variant
 from boundary_cli.errors import BoundaryError
 from boundary_cli.geometry.dct import dct_flip
-from boundary_cli.geometry.deepfool import deepfool
+from boundary_cli.geometry.deepfool import DeepFoolParams, deepfool
 from boundary_cli.geometry.pgd import (
     constraint_projection,
     dykstra,
@@ -219,7 +219,7 @@ def test_adversarial_training_widens_the_margin(tmp_path, digits):
         obtained = obtain_model(cfg, digits, torch.device("cpu"), progress=False)
         model, info = obtained.model, obtained.provenance
         assert info["test_accuracy"] > 0.95 and not model.training
-        result = deepfool(model, digits.test_x[:200], candidates=10)
+        result = deepfool(model, digits.test_x[:200], DeepFoolParams(candidates=10))
         assert result.converged.all()
         medians[training] = float(result.margin.median())
     assert medians["adversarial"] >= 1.3 * medians["reference"], medians

@@ -9,6 +9,7 @@ from torch import nn
 
 from boundary_cli.geometry.dct import DCTBlock, diagonal_blocks, project
 from boundary_cli.geometry.deepfool import (
+    DeepFoolParams,
     deepfool,
     deepfool_subspaces,
     difference_grads,
@@ -81,7 +82,7 @@ def expected_affine(model, x, proj=None):
 
 def test_affine_full_space_margin_is_closed_form_in_one_step():
     model, x = affine_case()
-    res = deepfool(model, x, overshoot=OS)
+    res = deepfool(model, x, DeepFoolParams(overshoot=OS))
     exp = expected_affine(model, x)
     landed = [i for i, e in enumerate(exp) if e[2]]
     assert len(landed) >= len(exp) // 2
@@ -94,7 +95,7 @@ def test_affine_full_space_margin_is_closed_form_in_one_step():
 
 def test_affine_two_class_margin_is_distance_to_the_hyperplane():
     model, x = affine_case(k=2)
-    res = deepfool(model, x, overshoot=0.0, max_iter=1)
+    res = deepfool(model, x, DeepFoolParams(overshoot=0.0, max_iter=1))
     w = model.w.detach()
     with torch.no_grad():
         logits = model(x)
@@ -105,7 +106,7 @@ def test_affine_two_class_margin_is_distance_to_the_hyperplane():
 def test_affine_subspace_margin_uses_the_projected_gradient():
     model, x = affine_case(n=8, c=2)
     blk = DCTBlock(2, 4, 2 * 16)
-    res = deepfool(model, x, subspace=blk, overshoot=OS)
+    res = deepfool(model, x, DeepFoolParams(overshoot=OS), subspace=blk)
     exp = expected_affine(model, x, proj=lambda v: project(v, blk))
     landed = [i for i, e in enumerate(exp) if e[2]]
     assert len(landed) >= len(exp) // 2
@@ -169,9 +170,9 @@ def test_many_blocks_equal_single_block_runs():
 def test_batch_size_and_vjp_method_do_not_change_results():
     model = small_cnn()
     x = torch.rand(10, 1, 8, 8)
-    a = deepfool(model, x, batch_rows=1000, vjp="loop")
-    b = deepfool(model, x, batch_rows=3, vjp="loop")
-    c = deepfool(model, x, batch_rows=4, vjp="batched")
+    a = deepfool(model, x, DeepFoolParams(vjp="loop"), batch_rows=1000)
+    b = deepfool(model, x, DeepFoolParams(vjp="loop"), batch_rows=3)
+    c = deepfool(model, x, DeepFoolParams(vjp="batched"), batch_rows=4)
     for other in (b, c):
         assert torch.allclose(a.margin, other.margin, rtol=1e-4)
         assert torch.equal(a.iterations, other.iterations)
@@ -212,7 +213,7 @@ def test_model_is_left_untouched_and_must_be_in_eval_mode():
 def test_non_converged_rows_are_flagged_and_keep_their_margin():
     model = small_cnn()
     x = torch.rand(20, 1, 8, 8)
-    res = deepfool(model, x, max_iter=1, subspace=DCTBlock(4, 4, 16))
+    res = deepfool(model, x, DeepFoolParams(max_iter=1), subspace=DCTBlock(4, 4, 16))
     assert (res.iterations == 1).all()
     assert torch.equal(res.converged, res.adv_label != res.prediction)
     assert (~res.converged).any()
@@ -222,7 +223,7 @@ def test_non_converged_rows_are_flagged_and_keep_their_margin():
 def test_clip_keeps_the_adversarial_point_in_the_box():
     model = small_cnn()
     x = torch.rand(12, 1, 8, 8)
-    res = deepfool(model, x, clip=(0.0, 1.0))
+    res = deepfool(model, x, DeepFoolParams(clip=(0.0, 1.0)))
     adv = x + res.perturbation
     assert adv.min() >= 0 and adv.max() <= 1
     assert torch.allclose(res.perturbation.flatten(1).norm(dim=1), res.margin)
@@ -231,7 +232,7 @@ def test_clip_keeps_the_adversarial_point_in_the_box():
 def test_prediction_is_the_models_label_and_candidates_limit_classes():
     model = small_cnn(n_classes=3)
     x = torch.rand(5, 1, 8, 8)
-    res = deepfool(model, x, candidates=10)  # more candidates than classes: capped at 3
+    res = deepfool(model, x, DeepFoolParams(candidates=10))  # more candidates than classes: capped at 3
     with torch.no_grad():
         assert torch.equal(res.prediction, model(x).argmax(1))
     assert res.n_backward == 2 * int(res.iterations.sum())
@@ -242,9 +243,9 @@ def test_sync_every_changes_neither_margins_nor_labels():
     model = small_cnn()
     x = torch.rand(20, 1, 8, 8)
     blocks = diagonal_blocks(8, 4, 2)
-    one = deepfool_subspaces(model, x, blocks, batch_rows=9, sync_every=1)
+    one = deepfool_subspaces(model, x, blocks, DeepFoolParams(sync_every=1), batch_rows=9)
     for k in (3, 8):
-        lazy = deepfool_subspaces(model, x, blocks, batch_rows=9, sync_every=k)
+        lazy = deepfool_subspaces(model, x, blocks, DeepFoolParams(sync_every=k), batch_rows=9)
         assert torch.allclose(one.margin, lazy.margin, rtol=1e-4)
         assert torch.equal(one.iterations, lazy.iterations)
         assert torch.equal(one.adv_label, lazy.adv_label) and torch.equal(one.converged, lazy.converged)
@@ -255,12 +256,12 @@ def test_sync_every_changes_neither_margins_nor_labels():
 def test_top_k_candidates_with_k_equal_to_all_classes_match_the_all_class_reference():
     model = small_cnn(n_classes=20)
     x = torch.rand(12, 1, 8, 8)
-    top_all = deepfool(model, x, candidates=20)
-    top_more = deepfool(model, x, candidates=50)  # capped at the 20 classes
+    top_all = deepfool(model, x, DeepFoolParams(candidates=20))
+    top_more = deepfool(model, x, DeepFoolParams(candidates=50))  # capped at the 20 classes
     assert torch.equal(top_all.margin, top_more.margin)
     ref = torch.tensor([float(deepfool_single(model, x[i], None, candidates=20)[0].norm()) for i in range(12)])
     assert torch.allclose(top_all.margin, ref, rtol=1e-3)
-    top3 = deepfool(model, x, candidates=3)
+    top3 = deepfool(model, x, DeepFoolParams(candidates=3))
     ref3 = torch.tensor([float(deepfool_single(model, x[i], None, candidates=3)[0].norm()) for i in range(12)])
     assert torch.allclose(top3.margin, ref3, rtol=1e-3)
     assert (top3.margin >= top_all.margin * (1 - 1e-3)).float().mean() > 0.5  # fewer targets: rarely closer
@@ -320,7 +321,7 @@ def test_float64_batched_equals_the_transcription_on_a_trained_cnn(trained_digit
 
 def _float64_agreement(model, x, candidates):
     blocks = diagonal_blocks(8, 4, 1)  # all five 4x4 blocks, offsets 0..4
-    res = deepfool_subspaces(model, x, blocks, batch_rows=23, candidates=candidates)  # refills mid-run
+    res = deepfool_subspaces(model, x, blocks, DeepFoolParams(candidates=candidates), batch_rows=23)  # refills mid-run
     assert res.margin.dtype == torch.float64
     bases = [None] + [dense_block_basis(8, 1, b, dtype=torch.float64) for b in blocks]
     ref = torch.zeros(len(bases), x.shape[0], dtype=torch.float64)
@@ -338,7 +339,7 @@ def _float64_agreement(model, x, candidates):
     assert torch.equal(res.adv_label, adv_ref)
     # the single-space entry point, with the other VJP method, is the same algorithm
     for s, blk in enumerate([None, *blocks]):
-        one = deepfool(model, x, subspace=blk, vjp="batched", batch_rows=17, candidates=candidates)
+        one = deepfool(model, x, DeepFoolParams(vjp="batched", candidates=candidates), subspace=blk, batch_rows=17)
         torch.testing.assert_close(one.margin, ref[s], rtol=1e-6, atol=0)
         assert torch.equal(one.iterations, it_ref[s]) and torch.equal(one.adv_label, adv_ref[s])
 
@@ -387,7 +388,7 @@ def test_candidates_stay_the_top_k_at_x_and_are_never_re_ranked():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 2, 2, generator=g, dtype=torch.float64)
     x[:, 0, 0, 0] = 0.0  # x1 = 0; the other pixels do not matter
-    res = deepfool(model, x, candidates=2)
+    res = deepfool(model, x, DeepFoolParams(candidates=2))
     torch.testing.assert_close(res.margin, torch.full((3,), 1.53, dtype=torch.float64), rtol=1e-12, atol=0)
     assert res.iterations.tolist() == [2, 2, 2] and res.adv_label.tolist() == [2, 2, 2]
     assert res.converged.all() and res.prediction.tolist() == [0, 0, 0]
@@ -397,7 +398,7 @@ def test_candidates_stay_the_top_k_at_x_and_are_never_re_ranked():
         wrong, it, _, k_adv = _deepfool_reranked(model, x[i], candidates=2)
         assert float(wrong.norm()) == pytest.approx(1.224, rel=1e-12) and (it, k_adv) == (2, 2)
     # with every class a candidate the ranking cannot matter: class 2's step is the shorter one at x1 = 1
-    full = deepfool(model, x, candidates=3)
+    full = deepfool(model, x, DeepFoolParams(candidates=3))
     torch.testing.assert_close(full.margin, torch.full((3,), 1.224, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
@@ -424,7 +425,7 @@ def test_steps_below_the_minimum_are_taken_at_1e_4(subspace):
     with torch.no_grad():
         logits = model(x)
     torch.testing.assert_close((logits[:, 0] - logits[:, 1]) / pw.norm(), dist, rtol=1e-6, atol=1e-12)
-    res = deepfool(model, x, subspace=subspace, candidates=2)
+    res = deepfool(model, x, DeepFoolParams(candidates=2), subspace=subspace)
     expected = (1 + OS) * torch.clamp(dist, min=1e-4)
     torch.testing.assert_close(res.margin, expected, rtol=1e-7, atol=0)
     assert res.iterations.tolist() == [1] * 5 and res.converged.all() and res.adv_label.tolist() == [1] * 5

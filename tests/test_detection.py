@@ -9,9 +9,12 @@ from sklearn.metrics import roc_auc_score
 
 from boundary_cli.detectors.detection import (
     DetectorMetrics,
+    MLPParams,
     apply_feature_scaling,
+    cross_fitted_detectors,
     evaluate_detector,
     fit_feature_scaling,
+    out_of_fold_proba,
     train_mlp,
     train_sklearn,
     youden_threshold,
@@ -155,6 +158,34 @@ def test_mlp_layout_and_bad_options():
         train_mlp(x[:100], y[:100], dropout_after="first")
     with pytest.raises(ValueError, match="random_forest, lda"):
         train_sklearn("qda", x[:100], y[:100])
+
+
+def test_out_of_fold_scores_are_honest_where_in_sample_scores_memorise():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(300, 100)), (rng.random(300) < 0.3).astype(int)  # pure noise, easy to memorise
+    params = MLPParams(hidden=(64,), dropout=0.0, epochs=60, batch_size=20)
+    in_sample = params.train(x, y, seed=0).predict_proba(x)
+    assert roc_auc_score(y, in_sample) > 0.95
+    assert abs(roc_auc_score(y, out_of_fold_proba(x, y, params, seed=0, folds=5)) - 0.5) < 0.12
+
+
+def test_cross_fitted_detectors_find_a_planted_signal():
+    rng = np.random.default_rng(0)
+    wrong = (rng.random(1200) < 0.2).astype(int)
+    features = rng.normal(size=(1200, 8))
+    features[:, :2] += 2.0 * wrong[:, None]
+    split = np.array(["train"] * 600 + ["val"] * 300 + ["test"] * 300)
+    lcr = rng.random(1200)  # a useless LCR
+    metrics, scores = cross_fitted_detectors(split, wrong, lcr, features * 3 + 1,
+                                             cond=MLPParams(hidden=(32, 32), epochs=5),
+                                             combined=MLPParams(hidden=(10, 10), dropout_after="last", epochs=2),
+                                             extra=["lda"], folds=3, seed=0)
+    assert list(scores) == ["lcr", "cond", "both", "lda"]
+    assert all(v.shape == (1200,) and ((v >= 0) & (v <= 1)).all() for v in scores.values())
+    assert [(m.method, m.split) for m in metrics] == [(k, s) for k in scores for s in ("train", "val", "test")]
+    auroc = {(m.method, m.split): m.auroc for m in metrics}
+    assert auroc["cond", "test"] > 0.9 and auroc["lda", "test"] > 0.9 and abs(auroc["lcr", "test"] - 0.5) < 0.1
+    assert auroc["cond", "train"] > 0.7  # out-of-fold scores of the training rows still carry the signal
 
 
 # --- ResNet20 -----------------------------------------------------------------------------------------------------

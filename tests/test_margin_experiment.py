@@ -92,9 +92,9 @@ def test_tf32_is_passed_to_deepfool_recorded_and_part_of_the_chunk_key(margin_ru
     seen = []
     real = margin.deepfool_subspaces
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("tf32"))
-        return real(*args, **kwargs)
+    def spy(model, x, blocks, params, **kwargs):
+        seen.append(params.tf32)
+        return real(model, x, blocks, params, **kwargs)
 
     monkeypatch.setattr(margin, "deepfool_subspaces", spy)
     run = margin_runs["run"]

@@ -22,7 +22,7 @@ from boundary_cli.geometry.dct import (
     masked_dct2,
     project,
 )
-from boundary_cli.geometry.deepfool import deepfool, deepfool_subspaces
+from boundary_cli.geometry.deepfool import DeepFoolParams, deepfool, deepfool_subspaces
 from boundary_cli.geometry.precision import current, fp32_precision, ieee_matmul, model_precision
 
 MATMULS = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "tensordot", "addmm", "baddbmm"}
@@ -173,7 +173,8 @@ def test_deepfool_tf32_reaches_the_model_calls_only(process_wide_tf32, tf32):
     x = torch.rand(4, 1, 8, 8)
     want = "tf32" if tf32 else "ieee"
     with Recorder() as rec:
-        res = deepfool_subspaces(model, x, [DCTBlock(0, 4, 16), DCTBlock(4, 4, 16)], tf32=tf32, candidates=3)
+        res = deepfool_subspaces(model, x, [DCTBlock(0, 4, 16), DCTBlock(4, 4, 16)],
+                                 DeepFoolParams(tf32=tf32, candidates=3))
     assert (res.iterations >= 1).all()
     kinds = {k for k, _, _ in model.seen}
     assert kinds == {"forward", "backward"}
@@ -188,13 +189,13 @@ def test_deepfool_tf32_reaches_the_model_calls_only(process_wide_tf32, tf32):
     assert _flags() == ("tf32", "tf32")  # restored after the run
 
     model.seen.clear()
-    deepfool(model, x, tf32=tf32, candidates=3)  # full space: no DCT at all
+    deepfool(model, x, DeepFoolParams(tf32=tf32, candidates=3))  # full space: no DCT at all
     assert {(m, c) for _, m, c in model.seen} == {(want, want)}
 
 
 def test_tf32_default_is_off(process_wide_tf32):
     model = Probe().eval()
-    deepfool(model, torch.rand(2, 1, 8, 8), candidates=3, max_iter=2)
+    deepfool(model, torch.rand(2, 1, 8, 8), DeepFoolParams(candidates=3, max_iter=2))
     assert {(m, c) for _, m, c in model.seen} == {("ieee", "ieee")}
 
 
@@ -212,6 +213,7 @@ def test_prepare_device_switches_nothing_on(monkeypatch):
 def test_deepfool_with_tf32_leaves_a_float32_process_float32():
     with fp32_precision("ieee"):  # the process as torch starts it for matmuls, convolutions forced alike
         model = Probe().eval()
-        deepfool_subspaces(model, torch.rand(2, 1, 8, 8), [DCTBlock(2, 4, 16)], candidates=3, max_iter=2, tf32=True)
+        deepfool_subspaces(model, torch.rand(2, 1, 8, 8), [DCTBlock(2, 4, 16)],
+                           DeepFoolParams(candidates=3, max_iter=2, tf32=True))
         assert {(m, c) for _, m, c in model.seen} == {("tf32", "tf32")}
         assert _flags() == ("ieee", "ieee")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from boundary_cli.geometry.taps import activations, available_layers, default_layers, layer_distances
+from boundary_cli.geometry.taps import activations, available_layers, default_layers, layer_distances, resolve_layers
 from boundary_cli.models.flip_cnn import flip_cnn
 from boundary_cli.models.lenet import lenet
 from boundary_cli.models.normalize import Classifier, Normalize
@@ -50,6 +50,26 @@ def test_hooks_are_removed_and_logits_unchanged():
     activations(model, x, ["pool0", "dense1"])
     assert all(not m._forward_hooks for m in model.modules())
     assert torch.equal(before, model(x))
+
+
+def test_one_rule_names_layers_of_wrapped_and_bare_networks():
+    net = flip_cnn(1, 10, (8, 8))
+    model = classifier(net, 1)
+    assert [n for n, _ in resolve_layers(model, "default")] == ["input", "pool0", "pool1", "dense1", "dense2"]
+    assert [n for n, _ in resolve_layers(model, "default", with_input=False)] == ["pool0", "pool1", "dense1", "dense2"]
+    assert resolve_layers(model, "last") == [("dense2", net.dense2)]
+    # names relative to the bare network; the Classifier's "net." prefix is accepted and dropped
+    assert resolve_layers(model, ["input", "net.pool0", "dense1"]) == [("input", None), ("pool0", net.pool0),
+                                                                       ("dense1", net.dense1)]
+    assert resolve_layers(net, ("pool1",)) == [("pool1", net.pool1)]  # a bare network names its own modules
+    with pytest.raises(ValueError, match="unknown layer 'input'; valid: conv0"):
+        resolve_layers(model, ["input"], with_input=False)
+    with pytest.raises(ValueError, match="unknown layers 'conv9', 'normalize'"):
+        resolve_layers(model, ["conv9", "pool0", "normalize"])
+    with pytest.raises(ValueError, match="no tap layers"):
+        resolve_layers(nn.Sequential(nn.Flatten()), "last")
+    with pytest.raises(ValueError, match="a list of them"):
+        resolve_layers(model, [])
 
 
 def test_unknown_layer_lists_the_valid_names():

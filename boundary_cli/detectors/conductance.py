@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from boundary_cli.geometry.deepfool import input_gradients_only
+from boundary_cli.geometry.rows import input_gradients_only
+from boundary_cli.geometry.taps import resolve_layers
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -48,8 +49,9 @@ def layer_conductance(
     """Conductance of the target logit through each unit of the named layers, right Riemann sum over n steps.
 
     ``model`` maps x (B, C, H, W) in pixel units to logits (B, K) and must be in eval mode. ``layers`` are
-    names from ``model.named_modules()``; when the model has a ``net`` child (``Classifier``), names
-    relative to ``model.net`` are tried first, so ``"layer3.2"`` and ``"net.layer3.2"`` are the same layer.
+    layer names of :func:`~boundary_cli.geometry.taps.resolve_layers` (``input`` excluded): relative to
+    ``model.net`` when the model has one (``Classifier``), so ``"layer3.2"`` and ``"net.layer3.2"`` are the
+    same layer; the returned dict is keyed by the names as given.
     ``baseline`` broadcasts to x, e.g. zeros (C, H, W) (a black image) or the training mean image.
     ``target`` (B,) or an int picks the logit F; by default the class predicted at x. Each chunk of
     ``batch_size`` inputs forwards its chunk·(n_steps + 1) path points at once, with the parameters frozen
@@ -66,7 +68,7 @@ def layer_conductance(
     if n_steps < 1 or batch_size < 1:
         raise ValueError(f"n_steps and batch_size must be >= 1, got {n_steps} and {batch_size}")
     names = [layers] if isinstance(layers, str) else list(layers)
-    modules = {name: _find_layer(model, name) for name in names}
+    modules = {name: module for name, (_, module) in zip(names, resolve_layers(model, names, with_input=False))}
     try:
         base = torch.broadcast_to(torch.as_tensor(baseline, dtype=x.dtype, device=x.device), x.shape)
     except RuntimeError as err:
@@ -143,15 +145,3 @@ def _reduce(cond: Tensor, reduce: str) -> Tensor:
     dims = tuple(range(2, cond.dim()))
     return cond.mean(dim=dims) if reduce == "mean" else cond.sum(dim=dims)
 
-
-def _find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name``, relative to ``model.net`` first (when there is one), then to model."""
-    net = getattr(model, "net", None)
-    scopes = [net, model] if isinstance(net, nn.Module) else [model]
-    for scope in scopes:
-        found = dict(scope.named_modules()).get(name)
-        if found is not None and name:
-            return found
-    valid = [n for n, _ in (net if isinstance(net, nn.Module) else model).named_modules() if n]
-    where = "relative to model.net (or with the prefix 'net.')" if isinstance(net, nn.Module) else "of the model"
-    raise ValueError(f"unknown layer {name!r}; valid layer names {where}: {', '.join(valid)}")

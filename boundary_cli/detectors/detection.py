@@ -7,6 +7,7 @@ Youden point of the validation ROC instead of a hand-tuned one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 DROPOUT_MODES = ("all", "last")
 SKLEARN_KINDS = ("random_forest", "lda")
+SPLITS = ("train", "val", "test")
 
 
 def _binary(labels: np.ndarray) -> np.ndarray:
@@ -194,3 +196,81 @@ def train_sklearn(kind: str, features: np.ndarray, labels: np.ndarray, seed: int
     else:
         model = LinearDiscriminantAnalysis()
     return SklearnDetector(model.fit(np.asarray(features), labels))
+
+
+@dataclass(frozen=True)
+class MLPParams:
+    """Architecture and training of an MLP detector, the keyword arguments of :func:`train_mlp`.
+    The defaults are the reference's conductance detector (200-200-1, dropout after each hidden layer)."""
+
+    hidden: tuple[int, ...] = (200, 200)
+    dropout: float = 0.5
+    dropout_after: str = "all"
+    epochs: int = 20
+    batch_size: int = 50
+    lr: float = 1e-3
+
+    def train(self, features: np.ndarray, labels: np.ndarray, seed: int) -> MLPDetector:
+        """:func:`train_mlp` with these settings on ``features`` (N, D) and ``labels`` (N,)."""
+        return train_mlp(features, labels, **asdict(self), seed=seed)
+
+
+def out_of_fold_proba(features: np.ndarray, labels: np.ndarray, params: MLPParams, seed: int,
+                      folds: int) -> np.ndarray:
+    """(N,) probability of label 1 for every row of ``features`` (N, D), each from an MLP trained on
+    the other folds (k-fold cross-fitting, rows assigned to folds by a permutation seeded with
+    ``seed``; fold k's MLP is seeded ``seed + 1 + k``). A detector stacked on these scores learns
+    how much to trust them from honest values, not from an MLP's over-confident training rows."""
+    labels = np.asarray(labels)
+    fold = np.random.default_rng(seed).permutation(len(labels)) % folds
+    out = np.empty(len(labels))
+    for k in range(folds):
+        held = fold == k
+        out[held] = params.train(features[~held], labels[~held], seed + 1 + k).predict_proba(features[held])
+    return out
+
+
+def cross_fitted_detectors(split: np.ndarray, wrong: np.ndarray, lcr: np.ndarray, features: np.ndarray, *,
+                           cond: MLPParams = MLPParams(),
+                           combined: MLPParams = MLPParams(hidden=(10, 10), dropout_after="last", epochs=30,
+                                                           batch_size=100),
+                           extra: Sequence[str] = (), folds: int = 5,
+                           seed: int = 0) -> tuple[list[DetectorMetrics], dict[str, np.ndarray]]:
+    """The lcr reference's detectors of wrong predictions, trained on ``train`` rows, their
+    thresholds chosen on ``val`` rows (Youden), reported on every split.
+
+    Args:
+        split: (N,) ``train``, ``val`` or ``test`` per row.
+        wrong: (N,) 1 where the prediction is wrong.
+        lcr: (N,) label change rate per row (a detector by itself).
+        features: (N, D) conductance features, scaled by the training rows' statistics
+            (:func:`fit_feature_scaling`) before use.
+        cond: the MLP on the features giving ``p_cond``; on training rows ``p_cond`` is
+            out-of-fold (:func:`out_of_fold_proba` with ``folds``), elsewhere from one MLP trained
+            on all training rows.
+        combined: the MLP on [lcr, p_cond] giving ``p_both``.
+        extra: scikit-learn kinds (:data:`SKLEARN_KINDS`) also trained on [lcr, p_cond].
+        seed: seeds every detector.
+
+    Returns:
+        (metrics for every method and split, scores {method: (N,)}): methods ``lcr``, ``cond``
+        (p_cond), ``both`` (p_both) and the ``extra`` kinds, in that order.
+    """
+    split, wrong = np.asarray(split), np.asarray(wrong)
+    tr, va = split == "train", split == "val"
+    mean, rng = fit_feature_scaling(features[tr])
+    scaled = apply_feature_scaling(features, mean, rng)
+    cond_model = cond.train(scaled[tr], wrong[tr], seed)
+    p_cond = np.empty(len(split))
+    p_cond[tr] = out_of_fold_proba(scaled[tr], wrong[tr], cond, seed, folds)
+    for name in SPLITS[1:]:
+        p_cond[split == name] = cond_model.predict_proba(scaled[split == name])
+    both = np.stack([lcr, p_cond], axis=1)
+    scores = {"lcr": lcr, "cond": p_cond, "both": combined.train(both[tr], wrong[tr], seed).predict_proba(both)}
+    for kind in extra:
+        scores[kind] = train_sklearn(str(kind), both[tr], wrong[tr], seed=seed).predict_proba(both)
+    metrics = []
+    for method, score in scores.items():
+        thr = youden_threshold(score[va], wrong[va])
+        metrics += [evaluate_detector(score[split == name], wrong[split == name], thr, method, name) for name in SPLITS]
+    return metrics, scores

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import ListConfig
 
 from boundary_cli.errors import BoundaryError
+from boundary_cli.geometry.taps import resolve_layers
 
 
 def positive_int(value: Any, key: str) -> int:
@@ -54,3 +55,12 @@ def classes_in_range(classes: list[int] | None, num_classes: int, key: str) -> N
     if bad:
         raise BoundaryError(f"{key} has class(es) {', '.join(map(str, bad))} out of range: this dataset has "
                             f"classes 0..{num_classes - 1}")
+
+
+def layer_names(model: Any, value: Any, key: str, *, with_input: bool = True) -> list[str]:
+    """The layer names a config value selects (``default``, ``last`` or a list, see
+    :func:`~boundary_cli.geometry.taps.resolve_layers`), checked against the model."""
+    try:
+        return [name for name, _ in resolve_layers(model, value, with_input=with_input)]
+    except ValueError as exc:
+        raise BoundaryError(f"{key}: {exc}") from None

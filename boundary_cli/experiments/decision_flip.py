@@ -17,7 +17,7 @@ from torch import Tensor
 
 from boundary_cli.data.pools import POOLS, Pool, gaussian_images, split_indices, uniform_images
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import classes_in_range, int_list, one_of, positive_int
+from boundary_cli.experiments.checks import classes_in_range, int_list, layer_names, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
@@ -25,7 +25,7 @@ from boundary_cli.experiments.walking import (
     layer_table,
     measure_walks,
     merge_stats,
-    resolve_layers,
+    nearest_table,
     validate_common,
     validate_walk,
     walk_params,
@@ -33,6 +33,7 @@ from boundary_cli.experiments.walking import (
 )
 from boundary_cli.reporting.comparison import decision_flip_comparison
 from boundary_cli.reporting.flip_plots import flip_histograms, flip_lines, layer_boxes, nearest_flip_histogram
+from boundary_cli.reporting.summary import flip_summary, median_nearest_flip
 from boundary_cli.training.evaluation import predict
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _keep_sources(pool: Pool, pred: Tensor, sources: list[int] | None) -> Pool:
 
 def run(ctx: RunContext) -> ExperimentOutput:
     e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
-    layers = resolve_layers(model, e.layers)
+    layers = layer_names(model, e.layers, "experiment.layers")
     sources = int_list(e.source_classes, "experiment.source_classes", allow_all=True)
     classes_in_range(sources, data.num_classes, "experiment.source_classes")
     plot_sources = int_list(e.plot_sources, "experiment.plot_sources")
@@ -96,7 +97,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     params = walk_params(e.walk, data.value_range)
     classes = torch.arange(data.num_classes)
 
-    flips, layer_rows, all_stats = [], [], []
+    flips, layer_rows, nearest, all_stats = [], [], [], []
     for pool in build_pools(ctx, list(e.pools)):
         pred = predict(model, pool.x, device=ctx.device).argmax(1)
         pool = _keep_sources(pool, pred, sources)
@@ -108,23 +109,25 @@ def run(ctx: RunContext) -> ExperimentOutput:
                                    model_id=ctx.model_id)
         all_stats.append(stats)
         columns = dict(ctx.identity, pool=pool.name, sample_index=pool.index.numpy(), true_label=pool.label.numpy())
-        flips.append(walk_table(res, columns, params["mode"]))
+        flips.append(walk_table(res, columns, params.mode))
         layer_rows.append(layer_table(res, layers, columns))
+        nearest.append(nearest_table(res, dict(pool=pool.name, sample_index=pool.index.numpy())))
     if not flips:
         raise BoundaryError(f"no image of any pool is predicted as one of experiment.source_classes={sources}")
     table = pd.concat(flips, ignore_index=True)
     layers_df = pd.concat(layer_rows, ignore_index=True)
-    summary = summarize(table)
+    nearest_df = pd.concat(nearest, ignore_index=True)
+    summary = flip_summary(table)
     stats = merge_stats(all_stats)
-    stats.update(layers=layers, walk=dict(params, clip=list(params["clip"]) if params["clip"] else None),
+    stats.update(layers=layers, walk=params.key(),
                  share_flipped=round(float((table["status"] == "flipped").sum() / max(1, (table["status"] != "own").sum())), 4),
-                 median_nearest_flip_l2={p: _median_nearest(table, p) for p in table["pool"].unique()})
+                 median_nearest_flip_l2=median_nearest_flip(nearest_df))
     for pool, med in stats["median_nearest_flip_l2"].items():
         log.info("%-8s median distance to the nearest flip: %.4g (L2)", pool, med)
 
     title = ctx.title()
     dist = str(e.distance)
-    figures = {"nearest_flip": nearest_flip_histogram(table, dist, title),
+    figures = {"nearest_flip": nearest_flip_histogram(nearest_df, dist, title),
                "layers": layer_boxes(layers_df, layers, dist, title)}
     for s in plot_sources:
         if (table["source_pred"] == s).any():
@@ -134,28 +137,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
                             figures=figures, stats=stats)
 
 
-def _median_nearest(table: pd.DataFrame, pool: str) -> float:
-    sub = table[(table["pool"] == pool) & (table["status"] == "flipped")]
-    nearest = sub.groupby("sample_index")["l2"].min()
-    return round(float(nearest.median()), 6) if len(nearest) else float("nan")
 
-
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Per pool, source and target class: rows, share flipped, median/mean L2 and squared L2 of
-    the flipped rows (the own slot left out)."""
-    walked = table[table["status"] != "own"]
-    flipped = walked[walked["status"] == "flipped"]
-    keys = ["pool", "source_pred", "target"]
-    counts = walked.groupby(keys).agg(n=("l2", "size"), n_capped=("status", lambda s: int((s == "capped").sum())))
-    dist = flipped.groupby(keys).agg(n_flipped=("l2", "size"), median_l2=("l2", "median"), mean_l2=("l2", "mean"),
-                                     median_l2_sq=("l2_sq", "median"), mean_l2_sq=("l2_sq", "mean"),
-                                     mean_steps=("steps", "mean"))
-    out = counts.join(dist, how="left").reset_index()
-    out["n_flipped"] = out["n_flipped"].fillna(0).astype(int)
-    out["share_flipped"] = out["n_flipped"] / out["n"]
-    return out[["pool", "source_pred", "target", "n", "n_flipped", "n_capped", "share_flipped", "median_l2",
-                "mean_l2", "median_l2_sq", "mean_l2_sq", "mean_steps"]]
-
-
-EXPERIMENT = Experiment(name="decision_flip", validate=validate, run=run, tables=("flips", "layers", "summary"), figures=("nearest_flip", "layers"),
-                        model_epochs=model_epochs, compare=decision_flip_comparison)
+EXPERIMENT = Experiment(name="decision_flip", validate=validate, run=run, tables=("flips", "layers", "summary"),
+                        figures=("nearest_flip", "layers"), model_epochs=model_epochs,
+                        compare=decision_flip_comparison)

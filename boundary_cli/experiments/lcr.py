@@ -22,19 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from boundary_cli.detectors.conductance import layer_conductance
-from boundary_cli.detectors.detection import (
-    apply_feature_scaling,
-    evaluate_detector,
-    fit_feature_scaling,
-    train_mlp,
-    train_sklearn,
-    youden_threshold,
-)
+from boundary_cli.detectors.detection import DROPOUT_MODES, SKLEARN_KINDS, MLPParams, cross_fitted_detectors
 from boundary_cli.detectors.mutants import (
     ACCEPT_RULES,
     OPERATORS,
@@ -45,10 +38,9 @@ from boundary_cli.detectors.mutants import (
     predict_mutants,
 )
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import int_list, one_of, positive_int, positive_number
+from boundary_cli.experiments.checks import int_list, layer_names, one_of, positive_int, positive_number
 from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
 from boundary_cli.experiments.registry import Experiment
-from boundary_cli.geometry.taps import available_layers, default_layers
 from boundary_cli.reporting.comparison import lcr_comparison
 from boundary_cli.reporting.lcr_plots import auroc_by_count_figure, roc_figure
 from boundary_cli.training.evaluation import predict
@@ -56,8 +48,6 @@ from boundary_cli.training.evaluation import predict
 log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 2  # bump when the meaning of stored chunks changes (2: acceptance split and rule switches)
-N_FOLDS = 5  # out-of-fold p_cond on the training split for the combined detectors
-EXTRA = ("random_forest", "lda")
 BASELINES = ("mean", "zero")
 ACCEPT_ON = ("test", "train_holdout")
 
@@ -94,26 +84,18 @@ def validate(cfg: DictConfig) -> None:
         positive_int(d.epochs, f"experiment.detectors.{name}.epochs")
         positive_int(d.batch_size, f"experiment.detectors.{name}.batch_size")
         positive_number(d.lr, f"experiment.detectors.{name}.lr")
+        hidden = int_list(d.hidden, f"experiment.detectors.{name}.hidden")
+        if not hidden or any(h < 1 for h in hidden):
+            raise BoundaryError(f"experiment.detectors.{name}.hidden must be a non-empty list of layer widths >= 1, "
+                                f"got {d.hidden!r}")
+        if isinstance(d.dropout, bool) or not isinstance(d.dropout, (int, float)) or not 0 <= d.dropout < 1:
+            raise BoundaryError(f"experiment.detectors.{name}.dropout must lie in [0, 1), got {d.dropout!r}")
+        one_of(d.dropout_after, DROPOUT_MODES, f"experiment.detectors.{name}.dropout_after")
+    if positive_int(e.detectors.folds, "experiment.detectors.folds") < 2:
+        raise BoundaryError("experiment.detectors.folds must be at least 2")
     for kind in e.detectors.extra or []:
-        one_of(kind, EXTRA, "experiment.detectors.extra entry")
+        one_of(kind, SKLEARN_KINDS, "experiment.detectors.extra entry")
     positive_int(e.chunk_size, "experiment.chunk_size")
-
-
-def _layers(model, value: Any) -> list[str]:
-    taps = default_layers(model)[1:]  # without "input"
-    if value == "last":
-        if not taps:
-            raise BoundaryError("this model declares no tap layers; give experiment.conductance.layers as a list")
-        return [taps[-1]]
-    if value == "default":
-        return taps
-    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, ListConfig)) else None
-    valid = available_layers(model)[1:]
-    bad = [n for n in names or [] if n not in valid]
-    if not names or bad:
-        raise BoundaryError(f"unknown layer(s) {', '.join(map(str, bad or [value]))} in experiment.conductance.layers; "
-                            f"use last, default or names from: {', '.join(valid)}")
-    return [str(n) for n in names]
 
 
 def _splits(ctx: RunContext) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
@@ -190,7 +172,7 @@ def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any],
 
 def run(ctx: RunContext) -> ExperimentOutput:
     e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
-    layers = _layers(model, e.conductance.layers)
+    layers = layer_names(model, e.conductance.layers, "experiment.conductance.layers", with_input=False)
     splits = _splits(ctx)
     stats: dict[str, Any] = {}
 
@@ -247,9 +229,13 @@ def run(ctx: RunContext) -> ExperimentOutput:
     stats["signals_time_s"] = round(time.perf_counter() - start, 3)
     table = pd.concat(rows, ignore_index=True)
 
-    detectors, scores = _detectors(ctx, table, feats)
-    for col, values in scores.items():
-        table[col] = values
+    d = e.detectors
+    detectors, scores = cross_fitted_detectors(
+        table["split"].to_numpy(), (~table["correct"].to_numpy().astype(bool)).astype(int), table["lcr"].to_numpy(),
+        np.concatenate([feats[s] for s in ("train", "val", "test")]), cond=mlp_params(d.cond_mlp),
+        combined=mlp_params(d.combined_mlp), extra=[str(k) for k in d.extra or []], folds=int(d.folds),
+        seed=int(ctx.cfg.seed))
+    table["p_cond"], table["p_both"] = scores["cond"], scores["both"]
     roc_scores = {m: table[col].to_numpy() for m, col in (("lcr", "lcr"), ("cond", "p_cond"), ("both", "p_both"))}
     counts = [k for k in int_list(e.auroc_counts, "experiment.auroc_counts") if k <= len(mutants)]
     by_count = []
@@ -278,53 +264,11 @@ def run(ctx: RunContext) -> ExperimentOutput:
         stats=stats)
 
 
-def _cond_mlp(features: np.ndarray, wrong: np.ndarray, d: DictConfig, seed: int):
-    return train_mlp(features, wrong, hidden=(200, 200), dropout=0.5, dropout_after="all", epochs=int(d.epochs),
-                     batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
-
-
-def _out_of_fold(features: np.ndarray, wrong: np.ndarray, d: DictConfig, seed: int, folds: int) -> np.ndarray:
-    """p_cond of every training row from a conductance MLP that did not see it (k-fold): the combined
-    detector must learn how much to trust p_cond from honest values, not from the MLP's own
-    (over-confident) training rows."""
-    fold = np.random.default_rng(seed).permutation(len(wrong)) % folds
-    out = np.empty(len(wrong))
-    for k in range(folds):
-        held = fold == k
-        out[held] = _cond_mlp(features[~held], wrong[~held], d, seed + 1 + k).predict_proba(features[held])
-    return out
-
-
-def _detectors(ctx: RunContext, table: pd.DataFrame, feats: dict[str, np.ndarray]):
-    """Train the detectors on the train split, choose thresholds on val, report every split.
-    Returns (metrics per method and split, the score columns p_cond and p_both)."""
-    e = ctx.cfg.experiment
-    seed = int(ctx.cfg.seed)
-    split = table["split"].to_numpy()
-    wrong = (~table["correct"].to_numpy().astype(bool)).astype(int)
-    lcr = table["lcr"].to_numpy()
-    mean, rng = fit_feature_scaling(feats["train"])
-    scaled = {s: apply_feature_scaling(f, mean, rng) for s, f in feats.items()}
-    tr = split == "train"
-    d = e.detectors.cond_mlp
-    cond_model = _cond_mlp(scaled["train"], wrong[tr], d, seed)
-    p_cond = np.concatenate([_out_of_fold(scaled["train"], wrong[tr], d, seed, N_FOLDS)]
-                            + [cond_model.predict_proba(scaled[s]) for s in ("val", "test")])
-    both = np.stack([lcr, p_cond], axis=1)
-    d = e.detectors.combined_mlp
-    both_model = train_mlp(both[tr], wrong[tr], hidden=(10, 10), dropout=0.5, dropout_after="last",
-                           epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), seed=seed)
-    p_both = both_model.predict_proba(both)
-    scores = {"lcr": lcr, "cond": p_cond, "both": p_both}
-    for kind in e.detectors.extra or []:
-        scores[kind] = train_sklearn(str(kind), both[tr], wrong[tr], seed=seed).predict_proba(both)
-    va = split == "val"
-    out = []
-    for method, s in scores.items():
-        thr = youden_threshold(s[va], wrong[va])
-        out += [evaluate_detector(s[split == name], wrong[split == name], thr, method, name)
-                for name in ("train", "val", "test")]
-    return out, {"p_cond": p_cond, "p_both": p_both}
+def mlp_params(d: DictConfig) -> MLPParams:
+    """An MLP detector's settings from its ``experiment.detectors`` section."""
+    return MLPParams(hidden=tuple(int(h) for h in d.hidden), dropout=float(d.dropout),
+                     dropout_after=str(d.dropout_after), epochs=int(d.epochs), batch_size=int(d.batch_size),
+                     lr=float(d.lr))
 
 
 EXPERIMENT = Experiment(name="lcr", validate=validate, run=run, tables=("lcr", "mutants", "detectors", "auroc_mutants"),

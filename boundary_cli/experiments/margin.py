@@ -24,11 +24,7 @@ from boundary_cli.experiments.context import Computed, ExperimentOutput, RunCont
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.shards import shard_chunks, shard_of
 from boundary_cli.geometry.dct import DCTBlock, diagonal_blocks
-from boundary_cli.geometry.deepfool import (
-    VJP_METHODS,
-    deepfool_subspaces,
-    rows_for_budget,
-)
+from boundary_cli.geometry.deepfool import VJP_METHODS, DeepFoolParams, batch_rows_for_budget, deepfool_subspaces
 from boundary_cli.reporting.comparison import margin_comparison
 from boundary_cli.reporting.plots import examples_figure, margins_figure
 from boundary_cli.reporting.summary import summarize_margins
@@ -66,6 +62,14 @@ def validate(cfg: DictConfig) -> None:
     positive_int(e.subspaces.step, "experiment.subspaces.step")
     if isinstance(e.sample_seed, bool) or not isinstance(e.sample_seed, int) or e.sample_seed < 0:
         raise BoundaryError(f"experiment.sample_seed must be an integer >= 0, got {e.sample_seed!r}")
+
+
+def deepfool_params(e: DictConfig, value_range: tuple[float, float]) -> DeepFoolParams:
+    """The DeepFool settings of the experiment section; ``deepfool.clip: true`` boxes to ``value_range``."""
+    df = e.deepfool
+    return DeepFoolParams(candidates=int(df.candidates), overshoot=float(df.overshoot), max_iter=int(df.max_iter),
+                          clip=tuple(value_range) if df.clip else None, tf32=bool(df.get("tf32", False)),
+                          vjp=str(e.vjp), sync_every=int(df.sync_every))
 
 
 def select_samples(n_test: int, n_samples: int | str, seed: int,
@@ -108,24 +112,24 @@ RESULT_KEYS = ("margin", "margin_linf", "iterations", "converged", "prediction",
 
 
 def _measure(ctx: RunContext, chunks: list[Tensor], blocks: list[DCTBlock], include_full: bool,
-             params: dict[str, Any], batch_rows: int, sync_every: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+             params: DeepFoolParams, batch_rows: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """DeepFool for the test samples in ``chunks`` in every space, chunk by chunk, reusing cached chunks.
 
     The next chunk's images are read (decoded, for sets like ImageNet) in a background thread while
     the current one is measured. Returns the RESULT_KEYS arrays, each (S, N), and the cost
     statistics for run.json.
     """
-    e, data = ctx.cfg.experiment, ctx.data
+    data = ctx.data
     n_spaces = len(blocks) + int(include_full)
 
     def compute(x: Tensor, progress: Callable[[int], None]) -> Computed:
-        res = deepfool_subspaces(ctx.model, x, blocks, include_full=include_full, batch_rows=batch_rows,
-                                 vjp=e.vjp, progress=progress, sync_every=sync_every, **params)
+        res = deepfool_subspaces(ctx.model, x, blocks, params, include_full=include_full, batch_rows=batch_rows,
+                                 progress=progress)
         return Computed({k: getattr(res, k) for k in RESULT_KEYS}, res.n_forward, res.n_backward)
 
     run = ctx.cached_chunks("margin", chunks, compute, fmt=CHUNK_FORMAT,
                             params=dict(blocks=[[b.offset, b.block] for b in blocks], include_full=include_full,
-                                        **params),
+                                        **params.key()),
                             rows=lambda chunk: len(chunk) * n_spaces,
                             load=lambda chunk: data.test_x[chunk].to(ctx.device), required=RESULT_KEYS,
                             desc="margins")
@@ -183,22 +187,18 @@ def run(ctx: RunContext) -> ExperimentOutput:
             log.warning("shard %d of %d has no samples: %d samples make only %d chunks of %d; lower "
                         "experiment.chunk_size or shard.count", shard_index, shard_count, len(chosen),
                         -(-len(chosen) // int(e.chunk_size)), int(e.chunk_size))
-    kc = min(e.deepfool.candidates, data.num_classes)
-    clip = tuple(data.value_range) if e.deepfool.clip else None
+    params = deepfool_params(e, data.value_range)
+    kc = min(params.candidates, data.num_classes)
     budget = (ctx.memory_budget if e.deepfool.max_memory_gb == "auto"
               else int(float(e.deepfool.max_memory_gb) * 2**30))
-    batch_rows = (rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, budget)
+    batch_rows = (batch_rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, budget)
                   if e.batch_rows == "auto" else int(e.batch_rows))
-    sync_every = int(e.deepfool.sync_every)
-    tf32 = bool(e.deepfool.get("tf32", False))
-    # every entry enters the chunk cache key: a chunk measured with TF32 is never reused without, nor the reverse
-    params = dict(candidates=int(e.deepfool.candidates), overshoot=float(e.deepfool.overshoot),
-                  max_iter=int(e.deepfool.max_iter), clip=clip, tf32=tf32)
+    sync_every, tf32 = params.sync_every, params.tf32
     log.info("margin: %d samples x %d subspaces (%s), %d rows per batch, host sync every %d iteration(s) on %s%s",
              len(idx), len(spaces), ", ".join(spaces["subspace"].head(3)) + (", ..." if len(spaces) > 3 else ""),
              batch_rows, sync_every, ctx.device, ", model in TF32" if tf32 else "")
 
-    res, stats = _measure(ctx, chunks, blocks, include_full, params, batch_rows, sync_every)
+    res, stats = _measure(ctx, chunks, blocks, include_full, params, batch_rows)
     n_s, n = res["margin"].shape
     labels = data.test_y[idx].numpy()
     table = pd.DataFrame({

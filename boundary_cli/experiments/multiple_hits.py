@@ -79,7 +79,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         all_stats.append(stats)
         table = walk_table(res, dict(ctx.identity, epoch=epoch, split=images.name,
                                      sample_index=images.index.numpy(), true_label=images.label.numpy()),
-                           params["mode"])
+                           params.mode)
         table["hit"] = hit_column(table, bool(e.zero_grad_is_hit))
         tables.append(table)
         walked = table[table["status"] != "own"]
@@ -100,7 +100,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     summary = pd.concat(summaries, ignore_index=True)
     stats = merge_stats(all_stats)
     stats.update(mean_hits=means, n_images=len(images.index), zero_grad_is_hit=bool(e.zero_grad_is_hit),
-                 walk=dict(params, clip=list(params["clip"]) if params["clip"] else None))
+                 walk=params.key())
     title = ctx.title(f"{len(images.index)} {images.name} images")
     return ExperimentOutput(tables={"hits": hits, "hits_summary": summary},
                             figures={"hits": hits_figure(summary, title)}, stats=stats)

@@ -16,32 +16,27 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
 
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int
+from boundary_cli.experiments.checks import layer_names, nonnegative_int, one_of, positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import (
     model_epochs,
     chosen_images,
     measure_walks,
-    resolve_layers,
     validate_common,
     validate_selection,
     validate_walk,
     walk_params,
 )
-from boundary_cli.geometry.taps import activations
-from boundary_cli.geometry.walks import FLIPPED
+from boundary_cli.geometry.centroids import SPACES, own_class_distances
+from boundary_cli.geometry.walks import nearest_flip
 from boundary_cli.reporting.comparison import own_to_flip_comparison
 from boundary_cli.reporting.flip_plots import ratio_figure
 from boundary_cli.training.evaluation import predict
 
 log = logging.getLogger(__name__)
-
-SPACES = ("input", "layer")
-
 
 def validate(cfg: DictConfig) -> None:
     e = cfg.experiment
@@ -54,41 +49,21 @@ def validate(cfg: DictConfig) -> None:
     validate_common(e)
 
 
-def own_class_distances(model, x: Tensor, own: Tensor, centroid_x: Tensor, centroid_pred: Tensor,
-                        layers: list[str], space: str, num_classes: int) -> Tensor:
-    """(L, N) squared distance of each image's activations to its own class centroid (NaN where the
-    centroid images hold no image of that class)."""
-    feats = activations(model, x, layers)
-    if space == "input":
-        means = torch.stack([centroid_x[centroid_pred == c].mean(dim=0) if (centroid_pred == c).any()
-                             else torch.full_like(centroid_x[0], float("nan")) for c in range(num_classes)])
-        cfeats = activations(model, means.nan_to_num(0.0), layers)
-        present = ~means.flatten(1).isnan().any(dim=1)
-    else:
-        cact = activations(model, centroid_x, layers)
-        present = torch.tensor([bool((centroid_pred == c).any()) for c in range(num_classes)])
-        cfeats = {name: torch.stack([a[centroid_pred == c].mean(dim=0) if present[c] else a[0] * 0
-                                     for c in range(num_classes)]) for name, a in cact.items()}
-    d = torch.stack([(feats[n] - cfeats[n][own]).pow(2).sum(dim=1) for n in layers])
-    return torch.where(present[own].to(d.device), d, torch.full_like(d, float("nan")))
-
-
 def run(ctx: RunContext) -> ExperimentOutput:
     e, data, model = ctx.cfg.experiment, ctx.data, ctx.model
-    layers = resolve_layers(model, e.layers)
+    layers = layer_names(model, e.layers, "experiment.layers")
     params = walk_params(e.walk, data.value_range)
     images = chosen_images(ctx)
     classes = torch.arange(data.num_classes)
     res, stats = measure_walks(ctx, model, images.x, classes, params, layers=layers, desc="flips",
                                model_id=ctx.model_id)
 
-    status = res["status"]
-    near_l2 = torch.where(status == FLIPPED, res["l2"], torch.full_like(res["l2"], float("inf")))
-    best, slot = near_l2.min(dim=1)
-    has_flip = torch.isfinite(best)
+    slot, _ = nearest_flip(res["status"], res["l2"])
+    has_flip = slot >= 0
     if not bool(has_flip.any()):
         raise BoundaryError("no walk reached its target: raise experiment.walk.max_steps or eta")
-    flip_sq = res["layer_sq"].gather(2, slot.view(1, -1, 1).expand(len(layers), -1, 1)).squeeze(2)
+    at = slot.clamp_min(0).view(1, -1, 1).expand(len(layers), -1, 1)
+    flip_sq = res["layer_sq"].gather(2, at).squeeze(2)
     flip_sq = torch.where(has_flip, flip_sq, torch.full_like(flip_sq, float("nan")))
 
     c = e.centroid
@@ -114,7 +89,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         "sample_index": np.repeat(images.index.numpy(), len(layers)),
         "true_label": np.repeat(images.label.numpy(), len(layers)),
         "prediction": np.repeat(own.numpy(), len(layers)),
-        "flip_target": np.repeat(torch.where(has_flip, slot, -1).numpy(), len(layers)),
+        "flip_target": np.repeat(slot.numpy(), len(layers)),
         "layer": np.tile(layers, n),
         "layer_index": np.tile(np.arange(len(layers)), n),
         "own_l2_sq": own_sq.T.reshape(-1).numpy(),

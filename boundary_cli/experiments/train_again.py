@@ -139,15 +139,15 @@ def run(ctx: RunContext) -> ExperimentOutput:
                    true_label=images.label.numpy(), base_prediction=base_pred.numpy(),
                    base_confidence=base_probs.max(1).values.numpy(),
                    misclassified_before=(base_pred != images.label).numpy(), mode=str(e.mode))
-    tb = walk_table(before, columns, params["mode"])
-    ta = walk_table(after, {}, params["mode"])
+    tb = walk_table(before, columns, params.mode)
+    ta = walk_table(after, {}, params.mode)
     table = tb.drop(columns=["mode"]).rename(columns={c: f"{c}_before" for c in
                                                      ["steps", "status", "l2", "l2_sq", "end_class", "source_pred",
                                                       "first_exit_class", "first_exit_step", "n_classes_visited",
                                                       "classes_visited"]})
     for c in ["steps", "status", "l2", "l2_sq", "end_class", "source_pred"]:
         table[f"{c}_after"] = ta[c].to_numpy()
-    table.insert(table.columns.get_loc("target") + 1, "walk_mode", params["mode"])
+    table.insert(table.columns.get_loc("target") + 1, "walk_mode", params.mode)
     both = table[(table["status_before"] == "flipped") & (table["status_after"] == "flipped")]
     grew = float((both["l2_after"] > both["l2_before"]).mean()) if len(both) else float("nan")
     ratio = float(np.median(both["l2_after"] / both["l2_before"])) if len(both) else float("nan")

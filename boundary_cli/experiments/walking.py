@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from boundary_cli.cache import model_hash
@@ -18,9 +18,15 @@ from boundary_cli.data.pools import Pool, split_indices
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import nonnegative_int, one_of, positive_int, positive_number
 from boundary_cli.experiments.context import Computed, RunContext
-from boundary_cli.geometry.deepfool import rows_for_budget
-from boundary_cli.geometry.taps import available_layers, default_layers, layer_distances, unknown_layers
-from boundary_cli.geometry.walks import STATUSES, WALK_MODES, walk_to_classes
+from boundary_cli.geometry.taps import layer_distances
+from boundary_cli.geometry.walks import (
+    WALK_MODES,
+    WalkParams,
+    batch_rows_for_budget,
+    nearest_flip,
+    status_names,
+    walk_to_classes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,10 @@ def validate_walk(w: DictConfig, key: str = "experiment.walk", modes: tuple[str,
         raise BoundaryError(f"{key}.clip must be true or false, got {w.clip!r}")
 
 
-def walk_params(w: DictConfig, value_range: tuple[float, float]) -> dict[str, Any]:
-    """Keyword arguments of :func:`walk_to_classes` from a walk section."""
-    return dict(mode=str(w.mode), eta=float(w.eta), max_steps=int(w.max_steps),
-                clip=tuple(float(v) for v in value_range) if w.clip else None)
+def walk_params(w: DictConfig, value_range: tuple[float, float]) -> WalkParams:
+    """The walk settings of a walk section; ``clip: true`` boxes the walk to ``value_range``."""
+    return WalkParams(mode=str(w.mode), eta=float(w.eta), max_steps=int(w.max_steps),
+                      clip=tuple(value_range) if w.clip else None)
 
 
 def model_epochs(cfg: DictConfig) -> list[int | None]:
@@ -58,31 +64,15 @@ def validate_common(e: DictConfig) -> None:
         positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
 
 
-def resolve_layers(model: nn.Module, value: Any) -> list[str]:
-    """``default`` -> input + the model's tap layers; a list is checked against the model."""
-    if value == "default":
-        return default_layers(model)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple, ListConfig)) or not value:
-        raise BoundaryError(f"experiment.layers must be 'default' or a list of layer names, got {value!r}")
-    layers = [str(v) for v in value]
-    missing = unknown_layers(model, layers)
-    if missing:
-        raise BoundaryError(f"unknown layer(s) {', '.join(missing)} in experiment.layers; this model has: "
-                            f"{', '.join(available_layers(model))}")
-    return layers
-
-
 def batch_rows_for(ctx: RunContext, model: nn.Module, example: Tensor) -> int:
     """Rows per walk batch: ``experiment.batch_rows`` or, for ``auto``, from the memory budget."""
     e = ctx.cfg.experiment
     if e.batch_rows != "auto":
         return int(e.batch_rows)
-    return rows_for_budget(model, example[:1].to(ctx.device), 2, ctx.memory_budget)
+    return batch_rows_for_budget(model, example[:1].to(ctx.device), ctx.memory_budget)
 
 
-def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor, params: dict[str, Any], *,
+def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor, params: WalkParams, *,
                   layers: list[str] | None = None, desc: str = "walks",
                   model_id: str | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Walk every image of x (N, C, H, W) toward every class of ``classes`` (T,), chunk by chunk,
@@ -99,8 +89,8 @@ def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor,
     chunks = torch.split(torch.arange(x.shape[0]), int(e.chunk_size))
 
     def compute(xc: Tensor, progress: Callable[[int], None]) -> Computed:
-        res = walk_to_classes(model, xc, classes.to(ctx.device), batch_rows=batch_rows,
-                              keep_points=bool(layers), progress=progress, **params)
+        res = walk_to_classes(model, xc, classes.to(ctx.device), params, batch_rows=batch_rows,
+                              keep_points=bool(layers), progress=progress)
         got = {k: getattr(res, k) for k in WALK_KEYS}
         if layers:
             starts = xc.repeat_interleave(len(classes), dim=0)
@@ -109,7 +99,7 @@ def measure_walks(ctx: RunContext, model: nn.Module, x: Tensor, classes: Tensor,
         return Computed(got, res.n_forward, res.n_backward)
 
     run = ctx.cached_chunks("walk", chunks, compute, fmt=CHUNK_FORMAT,
-                            params=dict(classes=classes.tolist(), layers=layers, **params),
+                            params=dict(classes=classes.tolist(), layers=layers, **params.key()),
                             rows=lambda chunk: len(chunk) * len(classes), load=lambda chunk: x[chunk].to(ctx.device),
                             required=keys, model_id=model_id, desc=desc)
     out = {k: run.cat(k, dim=1 if k == "layer_sq" else 0) for k in keys}
@@ -149,7 +139,7 @@ def walk_table(res: dict[str, Tensor], columns: dict[str, Any], mode: str) -> pd
         "target": res["target"].reshape(-1).numpy(),
         "mode": mode,
         "steps": res["steps"].reshape(-1).numpy(),
-        "status": [STATUSES[int(s)] for s in res["status"].reshape(-1)],
+        "status": status_names(res["status"]),
         "l2": res["l2"].reshape(-1).numpy(),
         "l2_sq": res["l2_sq"].reshape(-1).numpy(),
         "end_class": res["end_class"].reshape(-1).numpy(),
@@ -157,6 +147,24 @@ def walk_table(res: dict[str, Tensor], columns: dict[str, Any], mode: str) -> pd
         "first_exit_step": res["first_exit_step"].reshape(-1).numpy(),
         "n_classes_visited": visited.sum(dim=1).numpy(),
         "classes_visited": visited_text(visited),
+    })
+
+
+def nearest_table(res: dict[str, Tensor], columns: dict[str, Any]) -> pd.DataFrame:
+    """One row per image of :func:`measure_walks` output (N, T): its nearest successful flip's
+    target (``nearest_target``, -1 when none flipped) and distances ``l2`` and ``l2_sq`` (inf when none).
+
+    ``columns`` holds per-image arrays (N,) or constants.
+    """
+    slot, l2 = nearest_flip(res["status"], res["l2"])
+    found = slot >= 0
+    at = slot.clamp_min(0).unsqueeze(1)
+    inf = torch.tensor(float("inf"), dtype=res["l2_sq"].dtype)
+    return pd.DataFrame({
+        **columns,
+        "nearest_target": torch.where(found, res["target"].gather(1, at).squeeze(1), -1).numpy(),
+        "l2": l2.numpy(),
+        "l2_sq": torch.where(found, res["l2_sq"].gather(1, at).squeeze(1), inf).numpy(),
     })
 
 
@@ -169,7 +177,7 @@ def layer_table(res: dict[str, Tensor], layers: list[str], columns: dict[str, An
         **per_image,
         "source_pred": np.repeat(res["source"].reshape(-1).numpy(), len(layers)),
         "target": np.repeat(res["target"].reshape(-1).numpy(), len(layers)),
-        "status": np.repeat([STATUSES[int(s)] for s in res["status"].reshape(-1)], len(layers)),
+        "status": np.repeat(status_names(res["status"]), len(layers)),
         "layer": np.tile(layers, n * t),
         "layer_index": np.tile(np.arange(len(layers)), n * t),
         "layer_l2": np.sqrt(sq),

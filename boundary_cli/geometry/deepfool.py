@@ -15,6 +15,9 @@ Per iteration and row: one forward with gradients, K'-1 vector-Jacobian products
 and one forward without gradients for the stop test. The only host sync retires finished rows and
 refills the batch, once every ``sync_every`` iterations; in between, finished rows ride along frozen.
 
+The settings are one frozen record, :class:`DeepFoolParams`; its :meth:`~DeepFoolParams.key` is
+what a cache of results must key on.
+
 Precision: the model's forwards and backwards run in full IEEE float32 unless ``tf32=True`` asks for
 TF32 (faster on Ampere+ GPUs; a scope around the model calls only, restored afterwards); the DCT
 projection always runs in IEEE float32 (:mod:`boundary_cli.geometry.precision`).
@@ -22,19 +25,62 @@ projection always runs in IEEE float32 (:mod:`boundary_cli.geometry.precision`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from boundary_cli.geometry.dct import DCTBlock, block_indicator, idct2, masked_dct2
 from boundary_cli.geometry.precision import model_precision
+from boundary_cli.geometry.rows import RowState, input_gradients_only, rows_for_budget
 
 VJP_METHODS = ("loop", "batched")
 MIN_STEP = 1e-4
 INVARIANT_RTOL = 1e-5  # ‖P w‖ <= this × ‖w‖ counts as zero (float32 DCT rounding is ~1e-6)
+KEY_FIELDS = ("candidates", "overshoot", "max_iter", "clip", "tf32")  # what changes a result
+
+
+@dataclass(frozen=True)
+class DeepFoolParams:
+    """The settings of a DeepFool run (see :func:`deepfool`), checked on construction.
+
+    Attributes:
+        candidates: K', the number of top classes at x considered (fixed for the whole run; capped
+            at the number of classes).
+        overshoot: the stop test and the returned perturbation use ``(1 + overshoot) r``.
+        max_iter: iterations before a row gives up (flagged ``converged=False``).
+        clip: optional (low, high) box; iterates and the result are clamped to it.
+        tf32: run the model's forwards and backwards with TF32 matmuls and convolutions (CUDA,
+            Ampere+); False keeps them in full float32. The DCT projection is float32 either way.
+            Restored after each model call; nothing is set process-wide.
+        vjp: how the K'-1 input gradients are taken, see :func:`difference_grads`.
+        sync_every: iterations between the host syncs that retire finished rows and refill the
+            batch; in between, finished rows stay frozen in the batch (their compute is wasted, and
+            counted), so the GPU never waits for the host. 1 retires rows after every iteration.
+    """
+
+    candidates: int = 10
+    overshoot: float = 0.02
+    max_iter: int = 100
+    clip: tuple[float, float] | None = None
+    tf32: bool = False
+    vjp: str = "loop"
+    sync_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.candidates < 2 or self.max_iter < 1 or self.overshoot < 0 or self.sync_every < 1:
+            raise ValueError("need candidates >= 2, max_iter >= 1, sync_every >= 1 and overshoot >= 0")
+        if self.vjp not in VJP_METHODS:
+            raise ValueError(f"unknown VJP method {self.vjp!r}; valid: {', '.join(VJP_METHODS)}")
+        if self.clip is not None:
+            object.__setattr__(self, "clip", tuple(float(v) for v in self.clip))
+
+    def key(self) -> dict[str, Any]:
+        """The settings that change a result, for a cache key: all but ``vjp`` and ``sync_every``
+        (which change rounding at most, see tests/test_deepfool.py)."""
+        return {name: value for name, value in asdict(self).items() if name in KEY_FIELDS}
 
 
 @dataclass
@@ -66,26 +112,21 @@ class DeepFoolResult:
     n_backward: int = 0
 
 
-@contextmanager
-def input_gradients_only(model: nn.Module) -> Iterator[None]:
-    """Freeze the parameters for the duration so backward passes compute input gradients only.
+@dataclass
+class _Rows(RowState):
+    """DeepFool rows in flight. A row that is done stays, frozen (``active`` false), until the next
+    sync point retires it; its flags and label are kept from the iteration it finished."""
 
-    Restores every parameter's ``requires_grad`` afterwards; nothing about the model changes.
-    Refuses a model in training mode: with batch statistics, samples in a batch interact and the
-    batched gradients would not be per-sample gradients.
-    """
-    if model.training:
-        raise ValueError("DeepFool needs the model in eval mode (call model.eval()): in training mode "
-                         "BatchNorm and dropout make rows of a batch depend on each other")
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+    row: Tensor  # (A,) int64 index into the rows of the run
+    x: Tensor  # (A, C, H, W) its sample
+    r: Tensor  # (A, C, H, W) the step sum so far
+    it: Tensor  # (A,) int64 iterations run
+    cand: Tensor  # (A, K') int64 candidate classes, column 0 the label at x
+    active: Tensor  # (A,) bool, not done yet
+    flipped: Tensor  # (A,) bool, the label changed when it finished
+    stuck: Tensor  # (A,) bool, it could not move
+    k_end: Tensor  # (A,) int64 label at the end
+    block: Tensor | None  # (A, 2) int64 DCT block (offset, size); None: full space, no projection
 
 
 def difference_grads(logits: Tensor, x: Tensor, cand: Tensor, method: str = "loop") -> Tensor:
@@ -124,28 +165,22 @@ def _deepfool_rows(
     x: Tensor,
     row_sample: Tensor,
     row_block: Tensor | None,
+    params: DeepFoolParams,
     *,
-    candidates: int,
-    overshoot: float,
-    max_iter: int,
-    clip: tuple[float, float] | None,
     batch_rows: int,
     keep_perturbation: bool,
-    vjp: str,
     progress: Callable[[int], None] | None,
-    sync_every: int = 1,
-    tf32: bool = False,
 ) -> DeepFoolResult:
     """The shared core: DeepFool on rows ``x[row_sample]``. ``row_block`` (R, 2) holds each row's
     DCT block as (offset, size), (0, n) being the full space; None runs every row in full space
-    without any projection. ``tf32`` lets the model calls (forwards, their backwards and the stop
-    test) use TF32. Outputs have leading shape (R,)."""
+    without any projection. Outputs have leading shape (R,)."""
+    p = params
     n_rows = int(row_sample.shape[0])
     dev = x.device
     n_img = x.shape[-1]
-    with torch.no_grad(), model_precision(tf32):
+    with torch.no_grad(), model_precision(p.tf32):
         n_classes = int(model(x[:1]).shape[1])
-    kc = min(candidates, n_classes)
+    kc = min(p.candidates, n_classes)
     if kc < 2:
         raise ValueError("DeepFool needs at least two candidate classes")
     inf = torch.tensor(float("inf"), device=dev)
@@ -158,55 +193,50 @@ def _deepfool_rows(
     adv_label = torch.zeros(n_rows, dtype=torch.long, device=dev)
     perturbation = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_perturbation else None
 
-    # State of the rows in flight. A row that is done stays in the batch, frozen (``active`` false),
-    # until the next sync point retires it; flags and label are kept from the iteration it finished.
-    idx = torch.empty(0, dtype=torch.long, device=dev)
-    xa = x[:0]
-    ra = torch.zeros_like(xa)
-    it = torch.empty(0, dtype=torch.long, device=dev)
-    cand = torch.empty((0, kc), dtype=torch.long, device=dev)
-    active = torch.empty(0, dtype=torch.bool, device=dev)
-    was_flipped = torch.empty(0, dtype=torch.bool, device=dev)
-    was_stuck = torch.empty(0, dtype=torch.bool, device=dev)
-    k_end = torch.empty(0, dtype=torch.long, device=dev)
-    blk = None if row_block is None else row_block[:0]
+    def pending(lo: int, hi: int) -> _Rows:
+        """Rows lo..hi-1 as they join; their candidates are set by the first forward."""
+        xs = x[row_sample[lo:hi]]
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=dev)
+
+        n = hi - lo
+        return _Rows(row=torch.arange(lo, hi, device=dev), x=xs, r=torch.zeros_like(xs), it=zeros(n),
+                     cand=zeros(n, kc), active=torch.ones(n, dtype=torch.bool, device=dev),
+                     flipped=zeros(n, dtype=torch.bool), stuck=zeros(n, dtype=torch.bool), k_end=zeros(n),
+                     block=None if row_block is None else row_block[lo:hi])
+
+    def stop_point(xa: Tensor, ra: Tensor) -> Tensor:
+        xs = xa + (1.0 + p.overshoot) * ra
+        return xs if p.clip is None else xs.clamp(*p.clip)
+
+    rows = pending(0, 0)
     next_row, n_fwd, n_bwd = 0, 0, 0
     shape1 = (-1, *([1] * (x.ndim - 1)))
 
     with input_gradients_only(model):
-        while next_row < n_rows or idx.numel() > 0:
-            n_old = idx.numel()
+        while next_row < n_rows or len(rows) > 0:
+            n_old = len(rows)
             take = min(batch_rows - n_old, n_rows - next_row)
             if take > 0:
-                new = slice(next_row, next_row + take)
-                idx = torch.cat([idx, torch.arange(next_row, next_row + take, device=dev)])
-                fresh = x[row_sample[new]]
-                xa = torch.cat([xa, fresh])
-                ra = torch.cat([ra, torch.zeros_like(fresh)])
-                it = torch.cat([it, torch.zeros(take, dtype=torch.long, device=dev)])
-                cand = torch.cat([cand, torch.zeros((take, kc), dtype=torch.long, device=dev)])
-                active = torch.cat([active, torch.ones(take, dtype=torch.bool, device=dev)])
-                was_flipped = torch.cat([was_flipped, torch.zeros(take, dtype=torch.bool, device=dev)])
-                was_stuck = torch.cat([was_stuck, torch.zeros(take, dtype=torch.bool, device=dev)])
-                k_end = torch.cat([k_end, torch.zeros(take, dtype=torch.long, device=dev)])
-                if blk is not None:
-                    blk = torch.cat([blk, row_block[new]])
+                rows.extend(pending(next_row, next_row + take))
                 next_row += take
-            n_act = idx.numel()
+            n_act = len(rows)
             ar = torch.arange(n_act, device=dev)
-            mask = None if blk is None else block_indicator(blk[:, 0], blk[:, 1], n_img, dtype=x.dtype)
+            mask = None if rows.block is None else block_indicator(rows.block[:, 0], rows.block[:, 1], n_img,
+                                                                    dtype=x.dtype)
 
-            for step in range(sync_every):  # no host sync in here
-                xi = xa + ra
-                if clip is not None:
-                    xi = xi.clamp(*clip)
+            for step in range(p.sync_every):  # no host sync in here
+                xi = rows.x + rows.r
+                if p.clip is not None:
+                    xi = xi.clamp(*p.clip)
                 xi.requires_grad_(True)
-                with torch.enable_grad(), model_precision(tf32):
+                with torch.enable_grad(), model_precision(p.tf32):
                     logits = model(xi)
                     if take > 0 and step == 0:  # a new row's candidates: top-k of the logits at x (r = 0)
-                        cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
-                    grads = difference_grads(logits, xi, cand, vjp)
-                sel = logits.detach().gather(1, cand)
+                        rows.cand[n_old:] = logits[n_old:].detach().topk(kc, dim=1).indices
+                    grads = difference_grads(logits, xi, rows.cand, p.vjp)
+                sel = logits.detach().gather(1, rows.cand)
                 diffs = (sel[:, 1:] - sel[:, :1]).T.abs()  # (K'-1, A)
 
                 den = grads.flatten(2).norm(dim=2)
@@ -220,49 +250,38 @@ def _deepfool_rows(
                 w = grads[jstar, ar] if mask is None else idct2(coef[jstar, ar])
                 wnorm = den[jstar, ar]
                 stuck = ~(torch.isfinite(best) & (wnorm > 0))
-                scale = torch.where(stuck | ~active, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
-                ra = ra + scale.view(shape1) * w
-                if clip is not None:
-                    ra = (xa + ra).clamp(*clip) - xa
+                scale = torch.where(stuck | ~rows.active, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
+                rows.r = rows.r + scale.view(shape1) * w
+                if p.clip is not None:
+                    rows.r = (rows.x + rows.r).clamp(*p.clip) - rows.x
 
-                with torch.no_grad():
-                    xs = xa + (1.0 + overshoot) * ra
-                    if clip is not None:
-                        xs = xs.clamp(*clip)
-                    with model_precision(tf32):
-                        k_adv = model(xs).argmax(dim=1)
-                it = it + active.long()
-                flipped = k_adv != cand[:, 0]
-                newly = active & (flipped | (it >= max_iter) | stuck)
-                was_flipped = torch.where(newly, flipped, was_flipped)
-                was_stuck = torch.where(newly, stuck, was_stuck)
-                k_end = torch.where(newly, k_adv, k_end)
-                active = active & ~newly
+                with torch.no_grad(), model_precision(p.tf32):
+                    k_adv = model(stop_point(rows.x, rows.r)).argmax(dim=1)
+                rows.it = rows.it + rows.active.long()
+                flipped = k_adv != rows.cand[:, 0]
+                newly = rows.active & (flipped | (rows.it >= p.max_iter) | stuck)
+                rows.flipped = torch.where(newly, flipped, rows.flipped)
+                rows.stuck = torch.where(newly, stuck, rows.stuck)
+                rows.k_end = torch.where(newly, k_adv, rows.k_end)
+                rows.active = rows.active & ~newly
                 n_fwd += 2 * n_act
                 n_bwd += (kc - 1) * n_act
 
-            fin = (~active).nonzero().squeeze(1)  # the one host sync per sync_every iterations
+            fin = (~rows.active).nonzero().squeeze(1)  # the one host sync per sync_every iterations
             if fin.numel() == 0:
                 continue
-            g = idx[fin]
-            xs_fin = xa[fin] + (1.0 + overshoot) * ra[fin]
-            if clip is not None:
-                xs_fin = xs_fin.clamp(*clip)
-            delta = xs_fin - xa[fin]
-            st = was_stuck[fin]
+            done = rows.take(fin)
+            g, st = done.row, done.stuck
+            delta = stop_point(done.x, done.r) - done.x
             margin[g] = torch.where(st, inf, delta.flatten(1).norm(dim=1))
             margin_linf[g] = torch.where(st, inf, delta.flatten(1).abs().amax(dim=1))
-            iterations[g] = it[fin]
-            converged[g] = was_flipped[fin]
-            prediction[g] = cand[fin, 0]
-            adv_label[g] = k_end[fin]
+            iterations[g] = done.it
+            converged[g] = done.flipped
+            prediction[g] = done.cand[:, 0]
+            adv_label[g] = done.k_end
             if perturbation is not None:
                 perturbation[g] = torch.where(st.view(shape1), inf, delta)
-            keep = active.nonzero().squeeze(1)
-            idx, xa, ra, it, cand = idx[keep], xa[keep], ra[keep], it[keep], cand[keep]
-            active, was_flipped, was_stuck, k_end = active[keep], was_flipped[keep], was_stuck[keep], k_end[keep]
-            if blk is not None:
-                blk = blk[keep]
+            rows.keep(rows.active.nonzero().squeeze(1))
             if progress is not None:
                 progress(int(fin.numel()))
 
@@ -270,28 +289,22 @@ def _deepfool_rows(
                           n_fwd, n_bwd)
 
 
-def _check(x: Tensor, candidates: int, overshoot: float, max_iter: int, batch_rows: int, sync_every: int) -> None:
+def _check(x: Tensor, batch_rows: int) -> None:
     if x.ndim != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-    if candidates < 2 or max_iter < 1 or batch_rows < 1 or overshoot < 0 or sync_every < 1:
-        raise ValueError("need candidates >= 2, max_iter >= 1, batch_rows >= 1, sync_every >= 1 and overshoot >= 0")
+    if batch_rows < 1:
+        raise ValueError(f"need batch_rows >= 1, got {batch_rows}")
 
 
 def deepfool(
     model: nn.Module,
     x: Tensor,
+    params: DeepFoolParams = DeepFoolParams(),
     *,
     subspace: DCTBlock | None = None,
-    candidates: int = 10,
-    overshoot: float = 0.02,
-    max_iter: int = 100,
-    clip: tuple[float, float] | None = None,
     batch_rows: int = 1024,
     keep_perturbation: bool = True,
-    vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
-    sync_every: int = 1,
-    tf32: bool = False,
 ) -> DeepFoolResult:
     """Minimal L2 perturbation that changes the model's label, per sample, by DeepFool.
 
@@ -299,51 +312,34 @@ def deepfool(
         model: any classifier ``(B, C, H, W) -> (B, K)`` in eval mode; left untouched (no parameter
             change, no stored grads).
         x: (B, C, H, W) inputs in the model's input units.
+        params: candidates, overshoot, max_iter, clip, precision and execution choices, see
+            :class:`DeepFoolParams`.
         subspace: None for the full space, or a DCT block (needs square images): the perturbation
             then lies in that block.
-        candidates: K', the number of top classes at x considered (fixed for the whole run).
-        overshoot: the stop test and the returned perturbation use ``(1 + overshoot) r``.
-        max_iter: iterations before a row gives up (flagged ``converged=False``).
-        clip: optional (low, high) box; iterates and the result are clamped to it.
-        batch_rows: rows in flight at once (memory budget).
+        batch_rows: rows in flight at once (memory budget, see :func:`batch_rows_for_budget`).
         keep_perturbation: return the (B, C, H, W) perturbations (else None).
-        vjp: how the K'-1 input gradients are taken, see :func:`difference_grads`.
         progress: called with the number of rows that just finished.
-        sync_every: iterations between the host syncs that retire finished rows and refill the
-            batch; in between, finished rows stay frozen in the batch (their compute is wasted, and
-            counted), so the GPU never waits for the host. 1 retires rows after every iteration.
-        tf32: run the model's forwards and backwards with TF32 matmuls and convolutions (CUDA,
-            Ampere+); False (default) keeps them in full float32. The DCT projection is float32
-            either way. Restored after each model call; nothing is set process-wide.
 
     Returns:
         :class:`DeepFoolResult` with leading shape (B,).
     """
-    _check(x, candidates, overshoot, max_iter, batch_rows, sync_every)
+    _check(x, batch_rows)
     rows = torch.arange(x.shape[0], device=x.device)
     blocks = None if subspace is None else _block_table([subspace], x).expand(len(rows), 2)
-    return _deepfool_rows(model, x, rows, blocks, candidates=candidates, overshoot=overshoot,
-                          max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                          keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every,
-                          tf32=tf32)
+    return _deepfool_rows(model, x, rows, blocks, params, batch_rows=batch_rows,
+                          keep_perturbation=keep_perturbation, progress=progress)
 
 
 def deepfool_subspaces(
     model: nn.Module,
     x: Tensor,
     blocks: Sequence[DCTBlock],
+    params: DeepFoolParams = DeepFoolParams(),
     *,
     include_full: bool = True,
-    candidates: int = 10,
-    overshoot: float = 0.02,
-    max_iter: int = 100,
-    clip: tuple[float, float] | None = None,
     batch_rows: int = 1024,
     keep_perturbation: bool = False,
-    vjp: str = "loop",
     progress: Callable[[int], None] | None = None,
-    sync_every: int = 1,
-    tf32: bool = False,
 ) -> DeepFoolResult:
     """DeepFool for every sample in the full space and in each DCT block, batched over all pairs.
 
@@ -354,7 +350,7 @@ def deepfool_subspaces(
         :class:`DeepFoolResult` with leading shape (S, B): S = ``len(blocks)`` plus one when
         ``include_full`` (row 0 is then the full space), B = samples.
     """
-    _check(x, candidates, overshoot, max_iter, batch_rows, sync_every)
+    _check(x, batch_rows)
     n = x.shape[0]
     table = _block_table(list(blocks), x)
     if include_full:
@@ -362,10 +358,8 @@ def deepfool_subspaces(
     if table.shape[0] == 0:
         raise ValueError("nothing to do: no blocks and include_full=False")
     samples = torch.arange(n, device=x.device).repeat(table.shape[0])
-    res = _deepfool_rows(model, x, samples, table.repeat_interleave(n, dim=0), candidates=candidates,
-                         overshoot=overshoot, max_iter=max_iter, clip=clip, batch_rows=batch_rows,
-                         keep_perturbation=keep_perturbation, vjp=vjp, progress=progress, sync_every=sync_every,
-                         tf32=tf32)
+    res = _deepfool_rows(model, x, samples, table.repeat_interleave(n, dim=0), params, batch_rows=batch_rows,
+                         keep_perturbation=keep_perturbation, progress=progress)
     for f in fields(DeepFoolResult):
         v = getattr(res, f.name)
         if isinstance(v, Tensor):
@@ -385,22 +379,9 @@ def _block_table(blocks: list[DCTBlock], x: Tensor) -> Tensor:
                         device=x.device).view(-1, 2)
 
 
-def rows_for_budget(model: nn.Module, example: Tensor, candidates: int, budget_bytes: int,
-                    max_rows: int = 4096) -> int:
-    """How many rows fit in ``budget_bytes`` during a DeepFool iteration.
-
-    Measures the tensors autograd saves in one forward of ``example`` (1, C, H, W) and adds the
-    per-row input-sized buffers of an iteration (K'-1 gradients, their DCT coefficients, iterates).
-    """
-    saved = 0
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    x = example.repeat(2, *([1] * (example.ndim - 1))).requires_grad_(True)
-    with input_gradients_only(model), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    per_row = saved / 2 + (2 * candidates + 8) * example[0].numel() * example.element_size()
-    return int(max(1, min(max_rows, budget_bytes // per_row)))
+def batch_rows_for_budget(model: nn.Module, example: Tensor, candidates: int, budget_bytes: int,
+                          max_rows: int = 4096) -> int:
+    """How many DeepFool rows fit in ``budget_bytes``: the activations autograd saves for one
+    forward of ``example`` (1, C, H, W) plus 2K'+8 input-sized buffers per row (the K'-1 gradients,
+    their DCT coefficients, the iterates and their copies), K' = ``candidates``."""
+    return rows_for_budget(model, example, 2 * candidates + 8, budget_bytes, max_rows)

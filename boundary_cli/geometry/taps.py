@@ -1,14 +1,19 @@
-"""Layer taps: named intermediate activations of any model of the zoo, by forward hooks.
+"""Layer taps: named intermediate activations of any model of the zoo, by forward hooks, and the one
+rule that names layers.
 
 Layer names are those of the bare network's submodules (``model.net`` for a
-:class:`~boundary_cli.models.normalize.Classifier`), plus ``input``: the image itself in pixel
-units, before normalisation. The activation of a layer is its module's output, flattened per
-sample. Every architecture declares a default list in its ``tap_layers`` class attribute.
+:class:`~boundary_cli.models.normalize.Classifier`, else the model's own), plus ``input``: the image
+itself in pixel units, before normalisation; ``net.<name>`` is accepted for ``<name>``. Every
+architecture declares its tap layers in its ``tap_layers`` class attribute (the model contract, like
+timm's ``feature_info``): :func:`resolve_layers` turns ``default`` (input and the tap layers),
+``last`` (the last tap layer) or a list of names into (name, module) pairs, and the detectors and
+experiments go through it. The activation of a layer is its module's output, flattened per sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +22,8 @@ INPUT = "input"
 
 
 def _net(model: nn.Module) -> nn.Module:
-    return getattr(model, "net", model)
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) else model
 
 
 def available_layers(model: nn.Module) -> list[str]:
@@ -30,10 +36,49 @@ def default_layers(model: nn.Module) -> list[str]:
     return [INPUT, *getattr(_net(model), "tap_layers", ())]
 
 
-def unknown_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    """The names in ``layers`` that the model does not have."""
-    valid = set(available_layers(model))
-    return [name for name in layers if name not in valid]
+def resolve_layers(model: nn.Module, spec: Any, *, with_input: bool = True) -> list[tuple[str, nn.Module | None]]:
+    """The layers ``spec`` names, as (name, module) pairs in the order given.
+
+    Args:
+        model: a classifier (a ``Classifier`` or a bare network).
+        spec: ``"default"`` (``input``, then the network's ``tap_layers``), ``"last"`` (its last tap
+            layer), one layer name, or a sequence of names (see the module doc; ``net.<name>`` is
+            ``<name>``).
+        with_input: whether ``input`` (module None: the image itself) is a valid name; False drops
+            it from ``default``.
+
+    Returns:
+        ``[(name, module)]`` with names in their plain form (relative to the bare network).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones), an empty or malformed
+        spec, or ``last`` on a model that declares no tap layers.
+    """
+    net = _net(model)
+    taps = list(getattr(net, "tap_layers", ()))
+    if spec == "default":
+        names = ([INPUT] if with_input else []) + taps
+    elif spec == "last":
+        if not taps:
+            raise ValueError("this model declares no tap layers; give a list of layer names")
+        names = taps[-1:]
+    elif isinstance(spec, str):
+        names = [spec]
+    elif isinstance(spec, Iterable) and not isinstance(spec, (Mapping, bytes)):
+        names = [str(v) for v in spec]
+    else:
+        names = []
+    if not names:
+        raise ValueError(f"layers must be default, last, a layer name or a list of them, got {spec!r}")
+    modules = {name: m for name, m in net.named_modules() if name}
+    prefix = "net." if net is not model else None
+    plain = [n[len(prefix):] if prefix and n.startswith(prefix) and n[len(prefix):] in modules else n for n in names]
+    bad = [n for n in plain if n not in modules and not (with_input and n == INPUT)]
+    if bad:
+        valid = ([INPUT] if with_input else []) + list(modules)
+        what = "layer" if len(bad) == 1 else "layers"
+        raise ValueError(f"unknown {what} {', '.join(repr(b) for b in bad)}; valid: {', '.join(valid)}")
+    return [(n, None if n == INPUT else modules[n]) for n in plain]
 
 
 @torch.no_grad()
@@ -49,10 +94,7 @@ def activations(model: nn.Module, x: Tensor, layers: Sequence[str], batch_size: 
     Returns:
         ``{name: (B, D_name)}`` flattened float activations, on x's device, in the order asked.
     """
-    missing = unknown_layers(model, layers)
-    if missing:
-        raise ValueError(f"unknown layer(s) {', '.join(missing)}; valid: {', '.join(available_layers(model))}")
-    modules = dict(_net(model).named_modules())
+    modules = {name: module for name, (_, module) in zip(layers, resolve_layers(model, list(layers)))}
     out: dict[str, list[Tensor]] = {name: [] for name in layers}
     current: dict[str, Tensor] = {}
 
@@ -61,14 +103,14 @@ def activations(model: nn.Module, x: Tensor, layers: Sequence[str], batch_size: 
             current[name] = output.detach().flatten(1).float()
         return save
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in layers if name != INPUT]
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items() if module is not None]
     try:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             current.clear()
             model(xb)
             for name in layers:
-                out[name].append(xb.flatten(1).float() if name == INPUT else current[name])
+                out[name].append(xb.flatten(1).float() if modules[name] is None else current[name])
     finally:
         for h in handles:
             h.remove()

@@ -26,17 +26,52 @@ its place. Per step and row: one forward and one input-gradient backward, one ho
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boundary_cli.geometry.deepfool import input_gradients_only
+from boundary_cli.geometry.rows import RowState, input_gradients_only, rows_for_budget
 
 WALK_MODES = ("targeted", "untargeted", "flipstop")
 STATUSES = ("flipped", "capped", "zero_grad", "own")
 FLIPPED, CAPPED, ZERO_GRAD, OWN = range(4)
+# Input-sized buffers per row in flight: the iterate, its gradient, the copies made when rows join
+# or leave, the starting image and the end point.
+WALK_BUFFERS = 6
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """The settings of a walk (see the module doc), checked on construction.
+
+    Attributes:
+        mode: ``targeted``, ``untargeted`` or ``flipstop``.
+        eta: step length (L2, pixel units), > 0.
+        max_steps: steps after which a row gives up (status ``capped``), >= 0.
+        clip: optional (low, high) box every step is clamped to.
+    """
+
+    mode: str = "targeted"
+    eta: float = 0.05
+    max_steps: int = 1000
+    clip: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in WALK_MODES:
+            raise ValueError(f"unknown walk mode {self.mode!r}; valid: {', '.join(WALK_MODES)}")
+        if not self.eta > 0:
+            raise ValueError(f"eta must be > 0, got {self.eta}")
+        if self.max_steps < 0:
+            raise ValueError(f"need max_steps >= 0, got {self.max_steps}")
+        if self.clip is not None:
+            object.__setattr__(self, "clip", tuple(float(v) for v in self.clip))
+
+    def key(self) -> dict[str, Any]:
+        """Every setting, for a cache key (each one changes the result)."""
+        return asdict(self)
 
 
 @dataclass
@@ -74,13 +109,25 @@ class WalkResult:
     n_forward: int = 0
     n_backward: int = 0
 
-    @property
-    def flipped(self) -> Tensor:
-        return self.status == FLIPPED
 
-    def status_names(self) -> list[str]:
-        """Statuses as words, flattened in row order."""
-        return [STATUSES[int(s)] for s in self.status.reshape(-1)]
+def status_names(status: Tensor) -> list[str]:
+    """Status codes (any shape) as words from :data:`STATUSES`, flattened in row order."""
+    return [STATUSES[int(s)] for s in status.reshape(-1)]
+
+
+@dataclass
+class _Rows(RowState):
+    """Walk rows in flight, kept row-local and written back only when a row finishes (fewer small
+    ops per step: the long tail of a walk runs at batch size ~1, where they would dominate)."""
+
+    row: Tensor  # (A,) int64 index into the rows of the run
+    x: Tensor  # (A, C, H, W) the current point
+    source: Tensor  # (A,) int64 class at the start (-1 until the first forward)
+    target: Tensor  # (A,) int64 target class (the source class for untargeted rows)
+    steps: Tensor  # (A,) int64 steps taken
+    first_exit: Tensor  # (A,) int64 first class other than the source met, -1 if none
+    first_exit_step: Tensor  # (A,) int64 step at which it was met, -1 if never
+    visited: Tensor  # (A, K) bool classes met
 
 
 def _walk_rows(
@@ -88,76 +135,68 @@ def _walk_rows(
     x: Tensor,
     row_image: Tensor,
     row_target: Tensor | None,
+    params: WalkParams,
     *,
-    mode: str,
-    eta: float,
-    max_steps: int,
-    clip: tuple[float, float] | None,
     batch_rows: int,
     keep_points: bool,
     progress: Callable[[int], None] | None,
 ) -> WalkResult:
     """The shared core: walk rows starting at ``x[row_image]`` toward ``row_target`` (None for
     untargeted). Outputs have leading shape (R,)."""
+    mode, eta, max_steps, clip = params.mode, params.eta, params.max_steps, params.clip
     n_rows, dev = int(row_image.shape[0]), x.device
     with torch.no_grad():
         n_classes = int(model(x[:1]).shape[1])
     if row_target is not None and row_target.numel() and (int(row_target.min()) < 0 or int(row_target.max()) >= n_classes):
         raise ValueError(f"targets must lie in [0, {n_classes - 1}]")
 
-    def longs(fill: int = 0) -> Tensor:
-        return torch.full((n_rows,), fill, dtype=torch.long, device=dev)
+    def longs(n: int, fill: int = 0) -> Tensor:
+        return torch.full((n,), fill, dtype=torch.long, device=dev)
 
-    steps, status, source, target, end_class = longs(), longs(), longs(), longs(), longs()
-    first_exit, first_exit_step = longs(-1), longs(-1)
+    steps, status, source, target, end_class = (longs(n_rows) for _ in range(5))
+    first_exit, first_exit_step = longs(n_rows, -1), longs(n_rows, -1)
     visited = torch.zeros((n_rows, n_classes), dtype=torch.bool, device=dev)
     x_end = torch.empty((n_rows, *x.shape[1:]), dtype=x.dtype, device=dev) if keep_points else None
     l2 = torch.zeros(n_rows, dtype=x.dtype, device=dev)
 
-    # State of the rows in flight, kept row-local and written back only when a row finishes (fewer
-    # small ops per step: the long tail of a walk runs at batch size ~1, where they would dominate).
-    idx = torch.empty(0, dtype=torch.long, device=dev)
-    xa = x[:0]
-    src = tgt = st = fe = fes = idx
-    vis = torch.zeros((0, n_classes), dtype=torch.bool, device=dev)
+    def pending(lo: int, hi: int) -> _Rows:
+        """Rows lo..hi-1 as they join; their source class is set by the first forward."""
+        new, n = torch.arange(lo, hi, device=dev), hi - lo
+        return _Rows(row=new, x=x[row_image[new]], source=longs(n, -1),
+                     target=row_target[new] if row_target is not None else longs(n, 0), steps=longs(n, 0),
+                     first_exit=longs(n, -1), first_exit_step=longs(n, -1),
+                     visited=torch.zeros((n, n_classes), dtype=torch.bool, device=dev))
+
+    rows = pending(0, 0)
     next_row, n_fwd, n_bwd = 0, 0, 0
     sign = 1.0 if mode == "untargeted" else -1.0
     view = (-1, *([1] * (x.ndim - 1)))
 
-    def longs_of(n: int, fill: int) -> Tensor:
-        return torch.full((n,), fill, dtype=torch.long, device=dev)
-
     with input_gradients_only(model):
-        while next_row < n_rows or idx.numel() > 0:
-            take = min(batch_rows - idx.numel(), n_rows - next_row)
-            n_old = idx.numel()
+        while next_row < n_rows or len(rows) > 0:
+            take = min(batch_rows - len(rows), n_rows - next_row)
+            n_old = len(rows)
             if take > 0:
-                new = torch.arange(next_row, next_row + take, device=dev)
-                idx = torch.cat([idx, new])
-                xa = torch.cat([xa, x[row_image[new]]])
-                src = torch.cat([src, longs_of(take, -1)])
-                tgt = torch.cat([tgt, row_target[new] if row_target is not None else longs_of(take, 0)])
-                st, fe, fes = (torch.cat([st, longs_of(take, 0)]), torch.cat([fe, longs_of(take, -1)]),
-                               torch.cat([fes, longs_of(take, -1)]))
-                vis = torch.cat([vis, torch.zeros((take, n_classes), dtype=torch.bool, device=dev)])
+                rows.extend(pending(next_row, next_row + take))
                 next_row += take
 
-            xi = xa.detach().requires_grad_(True)
+            xi = rows.x.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = model(xi)
                 pred = logits.detach().argmax(dim=1)
                 if take > 0:  # a new row's source class: the prediction at its starting image
-                    src[n_old:] = pred[n_old:]
+                    rows.source[n_old:] = pred[n_old:]
                     if mode == "untargeted":
-                        tgt[n_old:] = pred[n_old:]
-                (g,) = torch.autograd.grad(F.cross_entropy(logits, tgt, reduction="sum"), xi)
-            n_fwd += idx.numel()
-            n_bwd += idx.numel()
+                        rows.target[n_old:] = pred[n_old:]
+                (g,) = torch.autograd.grad(F.cross_entropy(logits, rows.target, reduction="sum"), xi)
+            n_fwd += len(rows)
+            n_bwd += len(rows)
 
-            vis.scatter_(1, pred.unsqueeze(1), True)
-            left = (pred != src) & (fe < 0)
-            fe = torch.where(left, pred, fe)
-            fes = torch.where(left, st, fes)
+            src, tgt, st = rows.source, rows.target, rows.steps
+            rows.visited.scatter_(1, pred.unsqueeze(1), True)
+            left = (pred != src) & (rows.first_exit < 0)
+            rows.first_exit = torch.where(left, pred, rows.first_exit)
+            rows.first_exit_step = torch.where(left, st, rows.first_exit_step)
             gnorm = g.flatten(1).norm(dim=1)
             done = ((pred == tgt) if mode == "targeted" else (pred != src)) | (st >= max_steps) | (gnorm == 0)
             if take > 0 and mode != "untargeted":
@@ -165,55 +204,47 @@ def _walk_rows(
 
             fin = done.nonzero().squeeze(1)  # the one host sync of the step
             if fin.numel():
-                r = idx[fin]
-                p, t, s_, k = pred[fin], tgt[fin], src[fin], st[fin]
+                end = rows.take(fin)
+                r, p, t, s_, k = end.row, pred[fin], end.target, end.source, end.steps
                 code = torch.full_like(k, ZERO_GRAD)
                 code = torch.where(k >= max_steps, CAPPED, code)
                 code = torch.where((t == p) if mode == "targeted" else (p != s_), FLIPPED, code)
                 if mode != "untargeted":
                     code = torch.where((k == 0) & (t == s_), OWN, code)
                 steps[r], status[r], source[r], target[r], end_class[r] = k, code, s_, t, p
-                first_exit[r], first_exit_step[r], visited[r] = fe[fin], fes[fin], vis[fin]
-                l2[r] = (xa[fin] - x[row_image[r]]).flatten(1).norm(dim=1)
+                first_exit[r], first_exit_step[r], visited[r] = end.first_exit, end.first_exit_step, end.visited
+                l2[r] = (end.x - x[row_image[r]]).flatten(1).norm(dim=1)
                 if x_end is not None:
-                    x_end[r] = xa[fin]
+                    x_end[r] = end.x
                 if progress is not None:
                     progress(int(fin.numel()))
                 keep = (~done).nonzero().squeeze(1)
-                idx, xa, src, tgt, st, fe, fes, vis = (idx[keep], xa[keep], src[keep], tgt[keep], st[keep], fe[keep],
-                                                       fes[keep], vis[keep])
+                rows.keep(keep)
                 g, gnorm = g[keep], gnorm[keep]
-            if idx.numel() == 0:
+            if len(rows) == 0:
                 continue
-            xa = xa.detach().addcmul_(g, (sign * eta / gnorm).view(view))
+            rows.x = rows.x.detach().addcmul_(g, (sign * eta / gnorm).view(view))
             if clip is not None:
-                xa.clamp_(*clip)
-            st = st + 1
+                rows.x.clamp_(*clip)
+            rows.steps = rows.steps + 1
 
     return WalkResult(x_end, l2, l2 * l2, steps, status, source, target, end_class, first_exit, first_exit_step,
                       visited, n_fwd, n_bwd)
 
 
-def _check(x: Tensor, mode: str, eta: float, max_steps: int, batch_rows: int) -> None:
+def _check(x: Tensor, batch_rows: int) -> None:
     if x.ndim < 2:
         raise ValueError(f"x must be (B, ...), got shape {tuple(x.shape)}")
-    if mode not in WALK_MODES:
-        raise ValueError(f"unknown walk mode {mode!r}; valid: {', '.join(WALK_MODES)}")
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0, got {eta}")
-    if max_steps < 0 or batch_rows < 1:
-        raise ValueError("need max_steps >= 0 and batch_rows >= 1")
+    if batch_rows < 1:
+        raise ValueError(f"need batch_rows >= 1, got {batch_rows}")
 
 
 def walk(
     model: nn.Module,
     x: Tensor,
     target: Tensor | None = None,
+    params: WalkParams = WalkParams(),
     *,
-    mode: str = "targeted",
-    eta: float = 0.05,
-    max_steps: int = 1000,
-    clip: tuple[float, float] | None = None,
     batch_rows: int = 1024,
     keep_points: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -225,37 +256,32 @@ def walk(
         x: (B, C, H, W) starting images in the model's input units.
         target: (B,) int64 target classes; required for ``targeted`` and ``flipstop``, ignored
             for ``untargeted``.
-        mode: ``targeted``, ``untargeted`` or ``flipstop``.
-        eta: step length (L2, pixel units).
-        max_steps: steps after which a row gives up (status ``capped``).
-        clip: optional (low, high) box every step is clamped to.
-        batch_rows: rows in flight at once (memory budget).
+        params: mode, step length, step cap and box, see :class:`WalkParams`.
+        batch_rows: rows in flight at once (memory budget, see :func:`batch_rows_for_budget`).
         keep_points: return the end points (else ``x_end`` is None).
         progress: called with the number of rows that just finished.
 
     Returns:
         :class:`WalkResult` with leading shape (B,).
     """
-    _check(x, mode, eta, max_steps, batch_rows)
+    _check(x, batch_rows)
+    mode = params.mode
     if mode != "untargeted" and target is None:
         raise ValueError(f"mode={mode} needs a target per image")
     rows = torch.arange(x.shape[0], device=x.device)
     tgt = None if mode == "untargeted" else torch.as_tensor(target, dtype=torch.long, device=x.device).view(-1)
     if tgt is not None and tgt.shape[0] != x.shape[0]:
         raise ValueError(f"need one target per image: {tgt.shape[0]} targets for {x.shape[0]} images")
-    return _walk_rows(model, x, rows, tgt, mode=mode, eta=eta, max_steps=max_steps, clip=clip,
-                      batch_rows=batch_rows, keep_points=keep_points, progress=progress)
+    return _walk_rows(model, x, rows, tgt, params, batch_rows=batch_rows, keep_points=keep_points,
+                      progress=progress)
 
 
 def walk_to_classes(
     model: nn.Module,
     x: Tensor,
     classes: Tensor | None = None,
+    params: WalkParams = WalkParams(),
     *,
-    mode: str = "targeted",
-    eta: float = 0.05,
-    max_steps: int = 1000,
-    clip: tuple[float, float] | None = None,
     batch_rows: int = 1024,
     keep_points: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -263,14 +289,14 @@ def walk_to_classes(
     """Walk every image toward every class of ``classes`` (default: all K classes) in one batch.
 
     Rows are (image, target) pairs; the own slot (target = the image's predicted class) is not
-    walked and has status ``own`` and distance 0. Arguments are those of :func:`walk`; ``mode`` is
-    ``targeted`` or ``flipstop``.
+    walked and has status ``own`` and distance 0. Arguments are those of :func:`walk`;
+    ``params.mode`` is ``targeted`` or ``flipstop``.
 
     Returns:
         :class:`WalkResult` with leading shape (N, T), T = ``len(classes)``, ``x_end`` (N, T, C, H, W).
     """
-    _check(x, mode, eta, max_steps, batch_rows)
-    if mode == "untargeted":
+    _check(x, batch_rows)
+    if params.mode == "untargeted":
         raise ValueError("walk_to_classes needs a targeted mode (targeted or flipstop)")
     if classes is None:
         with torch.no_grad():
@@ -278,8 +304,8 @@ def walk_to_classes(
     classes = torch.as_tensor(classes, dtype=torch.long, device=x.device).view(-1)
     n, t = x.shape[0], classes.shape[0]
     rows = torch.arange(n, device=x.device).repeat_interleave(t)
-    res = _walk_rows(model, x, rows, classes.repeat(n), mode=mode, eta=eta, max_steps=max_steps, clip=clip,
-                     batch_rows=batch_rows, keep_points=keep_points, progress=progress)
+    res = _walk_rows(model, x, rows, classes.repeat(n), params, batch_rows=batch_rows, keep_points=keep_points,
+                     progress=progress)
     for f in fields(WalkResult):
         v = getattr(res, f.name)
         if isinstance(v, Tensor):
@@ -287,16 +313,24 @@ def walk_to_classes(
     return res
 
 
-def nearest_flip(res: WalkResult) -> tuple[Tensor, Tensor]:
-    """The closest successful flip of each image of a :func:`walk_to_classes` result.
+def nearest_flip(status: Tensor, distance: Tensor) -> tuple[Tensor, Tensor]:
+    """The closest successful flip among each image's walks to several targets.
 
     Args:
-        res: result with leading shape (N, T).
+        status: (..., T) int64 status codes of the walks of each image (e.g. ``WalkResult.status``
+            of :func:`walk_to_classes`, (N, T)).
+        distance: (..., T) their distances (L2, squared L2, or any other).
 
     Returns:
-        (slot, l2): (N,) int64 index into T of the nearest row with status ``flipped`` (own slot and
-        failed rows excluded; -1 when none flipped) and (N,) its L2 distance (inf when none).
+        (slot, dist): (...) int64 index into T of the nearest walk with status ``flipped`` (the own
+        slot and failed walks excluded; -1 when none flipped) and (...) its distance (inf when none).
     """
-    d = torch.where(res.status == FLIPPED, res.l2, torch.full_like(res.l2, float("inf")))
-    l2, slot = d.min(dim=1)
-    return torch.where(torch.isfinite(l2), slot, torch.full_like(slot, -1)), l2
+    d = torch.where(status == FLIPPED, distance, torch.full_like(distance, float("inf")))
+    dist, slot = d.min(dim=-1)
+    return torch.where(torch.isfinite(dist), slot, torch.full_like(slot, -1)), dist
+
+
+def batch_rows_for_budget(model: nn.Module, example: Tensor, budget_bytes: int, max_rows: int = 4096) -> int:
+    """How many walk rows fit in ``budget_bytes``: the activations autograd saves for one forward
+    of ``example`` (1, C, H, W) plus :data:`WALK_BUFFERS` input-sized buffers per row."""
+    return rows_for_budget(model, example, WALK_BUFFERS, budget_bytes, max_rows)

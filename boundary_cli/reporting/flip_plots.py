@@ -35,20 +35,15 @@ def _grid(n: int, width: float = 3.6, height: float = 2.8) -> tuple[Figure, list
     return fig, axes[:n]
 
 
-def nearest_flips(table: pd.DataFrame, dist: str) -> pd.DataFrame:
-    """Per pool and image, the distance to the nearest successful flip (own slot excluded)."""
-    flipped = table[table["status"] == "flipped"]
-    return flipped.groupby(["pool", "sample_index"], as_index=False)[dist].min()
-
-
-def nearest_flip_histogram(table: pd.DataFrame, dist: str, title: str) -> Figure:
-    """Histogram of the distance to the nearest flip, one outline per pool (train vs test vs noise)."""
-    near = nearest_flips(table, dist)
+def nearest_flip_histogram(nearest: pd.DataFrame, dist: str, title: str) -> Figure:
+    """Histogram of the distance to the nearest flip, one outline per pool (train vs test vs noise),
+    from a nearest-flip table (one row per image; ``nearest_target`` -1 when none flipped)."""
+    near = nearest[nearest["nearest_target"] >= 0]
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
     values = near[dist].to_numpy()
     bins = np.histogram_bin_edges(values, bins=40) if len(values) else 10
-    for pool, sub in near.groupby("pool", sort=False):
+    for pool, sub in near.groupby("pool"):
         color, _ = _style(pool)
         ax.hist(sub[dist], bins=bins, histtype="step", lw=1.8, color=color,
                 label=f"{pool} (n={len(sub)}, median {sub[dist].median():.3g})")

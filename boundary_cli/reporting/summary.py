@@ -1,4 +1,5 @@
-"""Per-subspace summaries of margin tables, with bootstrap confidence intervals of the median."""
+"""Summaries of result tables: per-subspace margins (with bootstrap confidence intervals of the
+median) and the per-class and nearest-flip statistics of the decision-flip walks."""
 
 from __future__ import annotations
 
@@ -43,3 +44,31 @@ def summarize_margins(margins: pd.DataFrame) -> pd.DataFrame:
                          share_converged=float(group["converged"].mean()),
                          share_correct=float(group["correct"].mean())))
     return pd.DataFrame(rows, columns=keys + list(STATISTICS))
+
+
+def flip_summary(flips: pd.DataFrame) -> pd.DataFrame:
+    """Per pool, source and target class of a ``flips.csv`` table: rows, share flipped, median/mean L2
+    and squared L2 and mean steps of the flipped rows (the own slot left out)."""
+    walked = flips[flips["status"] != "own"]
+    flipped = walked[walked["status"] == "flipped"]
+    keys = ["pool", "source_pred", "target"]
+    counts = walked.groupby(keys).agg(n=("l2", "size"), n_capped=("status", lambda s: int((s == "capped").sum())))
+    dist = flipped.groupby(keys).agg(n_flipped=("l2", "size"), median_l2=("l2", "median"), mean_l2=("l2", "mean"),
+                                     median_l2_sq=("l2_sq", "median"), mean_l2_sq=("l2_sq", "mean"),
+                                     mean_steps=("steps", "mean"))
+    out = counts.join(dist, how="left").reset_index()
+    out["n_flipped"] = out["n_flipped"].fillna(0).astype(int)
+    out["share_flipped"] = out["n_flipped"] / out["n"]
+    return out[["pool", "source_pred", "target", "n", "n_flipped", "n_capped", "share_flipped", "median_l2",
+                "mean_l2", "median_l2_sq", "mean_l2_sq", "mean_steps"]]
+
+
+def median_nearest_flip(nearest: pd.DataFrame, distance: str = "l2") -> dict[str, float]:
+    """Per pool of a nearest-flip table (one row per image, ``nearest_target`` -1 when none of its
+    walks flipped), the median distance to the nearest flip over the images that have one, rounded
+    to 6 digits; NaN for a pool where no image flipped."""
+    out = {}
+    for pool, rows in nearest.groupby("pool", sort=False):
+        found = rows.loc[rows["nearest_target"] >= 0, distance]
+        out[str(pool)] = round(float(found.median()), 6) if len(found) else float("nan")
+    return out

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
-from boundary_cli.reporting.flip_plots import nearest_flips
+from boundary_cli.geometry.walks import OWN, STATUSES, nearest_flip
 from boundary_cli.reporting.plots import comparison_figure
 
 
@@ -55,11 +56,16 @@ def decision_flip_comparison(tables: dict[str, pd.DataFrame], title: str) -> Fig
     flips = tables.get("flips")
     if flips is None or not len(flips):
         return None
+    codes = {name: i for i, name in enumerate(STATUSES)}
     rows = []
-    for label, sub in flips.groupby("label", sort=False):
-        near = nearest_flips(sub, "l2")
-        for pool, values in near.groupby("pool", sort=False):
-            rows.append(dict(label=label, pool=pool, median_l2=float(values["l2"].median())))
+    for (label, pool), sub in flips.groupby(["label", "pool"], sort=False):
+        wide = sub.assign(code=sub["status"].map(codes)).pivot_table(
+            index="sample_index", columns="target", values=["code", "l2"], aggfunc="first")
+        status = torch.tensor(wide["code"].fillna(OWN).to_numpy(), dtype=torch.long)
+        _, dist = nearest_flip(status, torch.tensor(wide["l2"].to_numpy(dtype=float)))
+        dist = dist[torch.isfinite(dist)]
+        if len(dist):
+            rows.append(dict(label=label, pool=pool, median_l2=float(np.median(dist.numpy()))))
     if not rows:
         return None
     return grouped_bars(pd.DataFrame(rows), "pool", "median_l2", "median L2 distance to the nearest flip",

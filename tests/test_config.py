@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
-from boundary_cli.data.variants import apply_variant
+from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.runner import load_dataset
 from boundary_cli.training.obtain import build_model, weights_identity
 
@@ -36,8 +36,7 @@ def cfg_for(*overrides: str, hydra: bool = False):
 
 def identity_of(cfg) -> dict:
     """The weights key of ``cfg``'s model, from the data the run would train on."""
-    low_pass = cfg.dataset.low_pass
-    data = apply_variant(load_dataset(cfg), cfg.dataset.variant, low_pass.bandwidth, low_pass.mode)
+    data = apply_variant(load_dataset(cfg), variant_from_config(cfg.dataset.variant, cfg.dataset.low_pass))
     return weights_identity(cfg, data)
 
 

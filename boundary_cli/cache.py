@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,20 +75,26 @@ class ChunkStore:
         with waiting_lock(self.root / "locks" / f"{key}.lock", self.lock_timeout, "computing", f"chunk {key}"):
             yield
 
-    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]],
+                       required: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """The stored chunk ``key``, or ``compute()`` stored under it. Of several jobs asking for a missing
-        chunk at once one computes it and the others wait for it and load it. A computed chunk is returned
-        as stored (tensors on the CPU)."""
-        found = self.get(key)
+        chunk at once one computes it and the others wait for it and load it. A stored chunk that lacks
+        one of the ``required`` keys (an older, smaller chunk) counts as missing. A computed chunk is
+        returned as stored (tensors on the CPU)."""
+        found = self._complete(key, required)
         if found is not None:
             return found
         with self.locked(key):
-            found = self.get(key)  # another job may have stored it while this one waited
+            found = self._complete(key, required)  # another job may have stored it while this one waited
             if found is not None:
                 return found
             value = {k: v.detach().cpu() for k, v in compute().items()}
             self.put(key, value)
             return value
+
+    def _complete(self, key: str, required: Sequence[str]) -> dict[str, torch.Tensor] | None:
+        found = self.get(key)
+        return found if found is not None and all(k in found for k in required) else None
 
     def put(self, key: str, value: dict[str, torch.Tensor]) -> None:
         write_torch(self.root / f"{key}.pt", {k: v.detach().cpu() for k, v in value.items()})

@@ -162,9 +162,6 @@ def test_variant_is_built_once_from_config_values():
     assert variant_from_config("flip", node.low_pass) is FLIP and variant_from_config("none") is NONE
     assert variant_from_config("low_pass") == LowPass(None, "square")
     assert [str(v) for v in (NONE, FLIP, LowPass(3))] == ["none", "flip", "low_pass"]
-    # low-pass settings identify weights only for the low-pass variant
-    assert FLIP.weights_key() == {"variant": "flip"} and NONE.weights_key() == {"variant": "none"}
-    assert LowPass(3, "rows_only").weights_key() == {"variant": "low_pass", "low_pass": {"bandwidth": 3, "mode": "rows_only"}}
     with pytest.raises(BoundaryError, match=r"unknown dataset.variant='blur'; valid: none, flip, low_pass$"):
         variant_from_config("blur")
     with pytest.raises(BoundaryError, match="bandwidth=0 must be between 1"):

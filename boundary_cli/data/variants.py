@@ -94,10 +94,6 @@ class Variant:
         c = mean.shape[0]
         return self.apply(mean.view(c, 1, 1).expand(c, h, w).contiguous())
 
-    def weights_key(self) -> dict[str, Any]:
-        """The part of the dataset config that identifies the variant in the model store key."""
-        return {"variant": self.name}
-
 
 @dataclass(frozen=True)
 class Identity(Variant):
@@ -175,9 +171,6 @@ class LowPass(Variant):
         if self.bandwidth is not None and self.bandwidth > size:
             raise BoundaryError(f"dataset.low_pass.bandwidth={self.bandwidth} must be between 1 and the image size"
                                 f" ({size})")
-
-    def weights_key(self) -> dict[str, Any]:
-        return {"variant": self.name, "low_pass": {"bandwidth": self.bandwidth, "mode": self.mode}}
 
 
 NONE = Identity()

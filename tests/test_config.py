@@ -211,3 +211,14 @@ def test_the_recipes_weights_key_differs_from_the_reference_recipes():
 def test_lcr_acceptance_defaults_are_the_references():
     m = cfg_for("experiment=lcr").experiment.mutants
     assert (m.accept_on, m.accept_rule, m.accept_ratio, m.ns_min_accuracy) == ("test", "reference", 0.9, 0.73)
+
+
+def test_margin_refinement_defaults_are_the_geometry_defaults():
+    from boundary_cli.experiments.margin import refine_params
+    from boundary_cli.geometry.refine import RefineParams
+
+    cfg = cfg_for()
+    assert cfg.experiment.refine == "descent"
+    assert refine_params(cfg.experiment) == RefineParams()  # one set of defaults, in both places
+    none = cfg_for("experiment.refine=none")
+    assert refine_params(none.experiment).key() == {"method": "none"}

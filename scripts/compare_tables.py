@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every experiment on digits at two commits and compare the CSV tables they write.
 
-Usage: scripts/compare_tables.py [BASE] [NEW] [--work DIR] [--keep] [--rtol 1e-6]
+Usage: scripts/compare_tables.py [BASE] [NEW] [--work DIR] [--keep] [--rtol 1e-6] [--allow-new-columns]
 
 BASE defaults to ``main`` and NEW to ``HEAD`` (committed state: uncommitted edits are not seen).
 Each commit gets its own source tree (``git archive``, so nothing is registered in the repository)
@@ -14,6 +14,9 @@ The same small commands (``RUNS``) run at both commits on the CPU. For each run 
 CSV files must match: the same files, the same columns in the same order, the same number of
 rows; integers, booleans and strings equal exactly, floats exactly or within ``--rtol`` (the
 table says which), NaN equal to NaN. Columns holding wall times (``IGNORED``) are not compared.
+With ``--allow-new-columns`` a NEW table may add columns after BASE's: BASE's columns are compared
+and the added ones are named in the line (for a change that adds outputs and must leave the old
+ones alone).
 Prints one line per run and exits 1 on any difference or failed run.
 """
 
@@ -108,8 +111,12 @@ def run_all(py: Path, root: Path, log: Path, runs: list[str]) -> dict[str, str |
     return result
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, rtol: float) -> tuple[str, float]:
-    """``("exact" | "rtol" | "<what differs>", largest relative float difference)`` of two tables."""
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, rtol: float,
+                   allow_new: bool = False) -> tuple[str, float]:
+    """``("exact" | "rtol" | "<what differs>", largest relative float difference)`` of two tables;
+    with ``allow_new``, b may have more columns than a (only a's are compared)."""
+    if allow_new and set(a.columns) <= set(b.columns):
+        b = b[list(a.columns)]
     if list(a.columns) != list(b.columns):
         return f"columns differ: {list(a.columns)} vs {list(b.columns)}", 0.0
     if len(a) != len(b):
@@ -137,7 +144,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, rtol: float) -> tuple[str, 
     return kind, worst
 
 
-def compare_run(a: Path, b: Path, rtol: float) -> tuple[bool, str]:
+def compare_run(a: Path, b: Path, rtol: float, allow_new: bool = False) -> tuple[bool, str]:
     """Compare every CSV under the two run dirs; ``(equal, one-line description)``."""
     files_a = {p.relative_to(a) for p in a.rglob("*.csv")}
     files_b = {p.relative_to(b) for p in b.rglob("*.csv")}
@@ -146,16 +153,18 @@ def compare_run(a: Path, b: Path, rtol: float) -> tuple[bool, str]:
                       f"only new {sorted(map(str, files_b - files_a))}"
     if not files_a:
         return False, "no CSV written"
-    kinds, worst, rows = set(), 0.0, 0
+    kinds, worst, rows, added = set(), 0.0, 0, []
     for rel in sorted(files_a):
         fa, fb = pd.read_csv(a / rel), pd.read_csv(b / rel)
-        kind, w = compare_frames(fa, fb, rtol)
+        added += [f"{rel}:{c}" for c in fb.columns if c not in fa.columns] if allow_new else []
+        kind, w = compare_frames(fa, fb, rtol, allow_new)
         if kind not in ("exact", "rtol"):
             return False, f"{rel}: {kind}"
         kinds.add(kind)
         worst, rows = max(worst, w), rows + len(fa)
     how = f"equal within rtol {rtol:g} (max rel diff {worst:.2e})" if "rtol" in kinds else "exactly equal"
-    return True, f"{len(files_a)} CSV ({', '.join(sorted(str(r) for r in files_a))}), {rows} rows: {how}"
+    new = f"; new columns {', '.join(added)}" if added else ""
+    return True, f"{len(files_a)} CSV ({', '.join(sorted(str(r) for r in files_a))}), {rows} rows: {how}{new}"
 
 
 def main() -> int:
@@ -166,6 +175,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (sources, outputs, logs)")
     parser.add_argument("--runs", help=f"comma-separated subset of the runs (default: all of {', '.join(RUNS)})")
     parser.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance for floats (default 1e-6)")
+    parser.add_argument("--allow-new-columns", action="store_true",
+                        help="NEW's tables may add columns; BASE's columns are compared")
     args = parser.parse_args()
     runs = args.runs.split(",") if args.runs else list(RUNS)
     if unknown := set(runs) - set(RUNS):
@@ -200,7 +211,8 @@ def main() -> int:
         if error:
             same, text = False, error
         else:
-            same, text = compare_run(work / "base" / "out" / name, work / "new" / "out" / name, args.rtol)
+            same, text = compare_run(work / "base" / "out" / name, work / "new" / "out" / name, args.rtol,
+                                     args.allow_new_columns)
         ok &= same
         print(f"{name:<24} {'same' if same else 'DIFFERENT'}: {text}")
     print(f"\n{'all tables equal' if ok else 'tables differ'} ({time.perf_counter() - start:.0f} s)")

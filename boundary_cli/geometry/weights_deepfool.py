@@ -1,0 +1,258 @@
+"""DeepFool in weight space: the smallest change of a model's parameters that flips its prediction on
+one sample (influenciae's WeightsBoundaryCalculator, METHODS.md §5.2), batched over samples.
+
+Per sample b, perturbed parameters ``θ + Δ_b`` for the chosen parameter tensors (all trainable ones
+by default: every kernel and bias, BatchNorm's γ and β; running statistics fixed, model in eval
+mode). The live model is never mutated: rows are evaluated with ``torch.func.functional_call`` on
+the base parameters plus their own delta, vmapped over the rows.
+
+Each iteration, per row with reference class c (the prediction at θ, or a given class):
+
+    y = f(x_b; θ + (1 + overshoot) Δ_b)
+    stop if argmax y ≠ c (``flip``) or top1(y) − top2(y) ≤ eps (``eps_gap``)
+    G_k = ∂(y_k − y_c)/∂θ at θ + Δ_b for the candidates k ≠ c (all classes by default)
+    k* = argmin_k |y_k − y_c| / ‖G_k‖;  Δ_b ← Δ_b + |y_k* − y_c| / ‖G_k*‖² · G_k*
+
+(p = 2 only: the reference's step for p ≠ 2 uses the wrong exponent). A row that took ``max_iter``
+steps gets one more evaluation, so ``stopped_by`` says whether its last point crossed (``flip``),
+sits on the boundary (``eps_gap``) or neither (``max_steps``); rows whose every ‖G_k‖ vanishes stop
+with ``zero_grad``. The distance is ‖(1 + overshoot) Δ_b‖₂ over the concatenated chosen parameters;
+the reference's influence is its negative. With no overshoot (the reference's default) iterates
+approach the boundary from one side and mostly stop by the eps gap, not by a flip.
+
+The gradients and the logits at the iterate come from one forward per row; with the iterate's own
+logits the stop test needs no second forward (unlike input-space DeepFool, there is no overshoot
+point to test separately when overshoot is 0; with overshoot > 0 the test point is evaluated too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+STOPS = ("flip", "eps_gap", "max_steps", "zero_grad")
+
+
+@dataclass(frozen=True)
+class WeightDeepFoolParams:
+    """Settings of :func:`weight_deepfool`, checked on construction.
+
+    Attributes:
+        max_iter: steps before a row gives up (the reference's ``step_nbr``, 100).
+        eps: a row whose top-two logit gap is at most this sits on the boundary and stops.
+        overshoot: the stop test and the returned distance use ``(1 + overshoot) Δ`` (0: reference).
+        candidates: top-k classes at θ considered (None: all classes, the reference).
+        norm: only 2 (the reference's other norms take a wrong step; refused).
+    """
+
+    max_iter: int = 100
+    eps: float = 1e-6
+    overshoot: float = 0.0
+    candidates: int | None = None
+    norm: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.norm != 2:
+            raise ValueError(f"weight-space DeepFool supports the L2 norm only, got norm={self.norm} (the "
+                             "reference's step for other norms uses the wrong exponent)")
+        if self.max_iter < 1 or self.eps < 0 or self.overshoot < 0:
+            raise ValueError("need max_iter >= 1, eps >= 0 and overshoot >= 0")
+        if self.candidates is not None and self.candidates < 2:
+            raise ValueError(f"need candidates >= 2 (or None: all classes), got {self.candidates}")
+
+
+@dataclass
+class WeightDeepFoolResult:
+    """Per-sample outputs of :func:`weight_deepfool`, leading shape (B,).
+
+    Attributes:
+        distance: L2 norm of ``(1 + overshoot) Δ`` over the chosen parameters.
+        iterations: int64 steps taken.
+        stopped_by: int64 codes into :data:`STOPS`.
+        reference: int64 the class moved away from (the prediction at θ unless given).
+        adv_label: int64 the label at ``θ + (1 + overshoot) Δ``.
+        n_forward: row forwards summed over rows.
+        n_backward: row Jacobians (one per row and step; each covers the candidate classes).
+    """
+
+    distance: Tensor
+    iterations: Tensor
+    stopped_by: Tensor
+    reference: Tensor
+    adv_label: Tensor
+    n_forward: int = 0
+    n_backward: int = 0
+
+
+def parameter_names(model: nn.Module, which: str | Sequence[str] = "all") -> list[str]:
+    """Names of the parameter tensors to perturb: ``all`` (every trainable one), ``last_layer`` (those
+    of the last module that owns parameters directly), or module names (their parameters).
+
+    Raises ValueError for an unknown module name (listing the valid ones) or an empty selection.
+    """
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if which == "all":
+        names = trainable
+    elif which == "last_layer":
+        owners = [m for m, mod in model.named_modules() if any(True for _ in mod.parameters(recurse=False))]
+        if not owners:
+            raise ValueError("the model has no parameters")
+        names = [n for n in trainable if n.rsplit(".", 1)[0] == owners[-1] or (owners[-1] == "" and "." not in n)]
+    else:
+        modules = dict(model.named_modules())
+        wanted = [which] if isinstance(which, str) else list(which)
+        unknown = [m for m in wanted if m not in modules]
+        if unknown:
+            valid = [m for m, mod in modules.items() if m and any(True for _ in mod.parameters(recurse=False))]
+            raise ValueError(f"unknown module(s) {unknown}; modules with parameters: {', '.join(valid)}")
+        names = [n for n in trainable if any(n == m or n.startswith(m + ".") for m in wanted)]
+    if not names:
+        raise ValueError(f"no trainable parameters selected by {which!r}")
+    return names
+
+
+def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = WeightDeepFoolParams(), *,
+                    names: Sequence[str] | None = None, reference: Tensor | None = None, batch_rows: int = 64,
+                    progress: Callable[[int], None] | None = None) -> WeightDeepFoolResult:
+    """Smallest L2 change of the parameters ``names`` that moves ``model``'s label on each sample away
+    from its reference class, by DeepFool in weight space (see the module docstring).
+
+    Args:
+        model: classifier ``(B, C, H, W) -> (B, K)`` in eval mode; never modified.
+        x: (B, C, H, W) samples.
+        params: :class:`WeightDeepFoolParams`.
+        names: parameter names to perturb (default: all trainable, see :func:`parameter_names`).
+        reference: (B,) int64 class to move away from per sample (default: the prediction at θ).
+        batch_rows: samples evaluated at once (each holds its own delta and a Jacobian of
+            K' × |θ_names| floats).
+        progress: called with the number of samples that just finished.
+
+    Returns:
+        :class:`WeightDeepFoolResult` with leading shape (B,).
+    """
+    if model.training:
+        raise ValueError("weight-space DeepFool needs the model in eval mode (call model.eval())")
+    p = params
+    names = list(names) if names is not None else parameter_names(model)
+    base = {n: t.detach() for n, t in model.named_parameters()}
+    missing = [n for n in names if n not in base]
+    if missing:
+        raise ValueError(f"unknown parameter(s) {missing}")
+    buffers = {n: t.detach() for n, t in model.named_buffers()}
+    fixed = {n: t for n, t in base.items() if n not in names}
+    n, dev = x.shape[0], x.device
+
+    def logits_of(delta: dict[str, Tensor], xb: Tensor) -> Tensor:
+        theta = {**fixed, **{k: base[k] + delta[k] for k in names}, **buffers}
+        return functional_call(model, theta, (xb.unsqueeze(0),)).squeeze(0)
+
+    batched_logits = vmap(logits_of)
+    batched_jac = vmap(jacrev(logits_of))
+
+    with torch.no_grad():
+        first = torch.cat([model(part) for part in x.split(batch_rows)])
+    k_all = first.shape[1]
+    ref = first.argmax(1) if reference is None else reference.to(dev).long()
+    kc = k_all if p.candidates is None else min(p.candidates, k_all)
+    cand = first.topk(kc, dim=1).indices
+    # the reference class first, then the other candidates (it may not be among the top k when given)
+    others = torch.stack([row[row != c][: kc - 1] if (row == c).any() else row[: kc - 1]
+                          for row, c in zip(cand, ref)]) if n else cand[:, : kc - 1]
+    cand = torch.cat([ref[:, None], others], dim=1)
+
+    distance = torch.zeros(n, dtype=x.dtype, device=dev)
+    iterations = torch.zeros(n, dtype=torch.long, device=dev)
+    stopped = torch.zeros(n, dtype=torch.long, device=dev)
+    adv_label = torch.zeros(n, dtype=torch.long, device=dev)
+    n_fwd = n_bwd = 0
+    scale = 1.0 + p.overshoot
+
+    for lo in range(0, n, batch_rows):
+        rows = torch.arange(lo, min(n, lo + batch_rows), device=dev)
+        xb, cb = x[rows], cand[rows]
+        delta = {k: torch.zeros((len(rows), *base[k].shape), dtype=base[k].dtype, device=dev) for k in names}
+        active = torch.ones(len(rows), dtype=torch.bool, device=dev)
+        it = torch.zeros(len(rows), dtype=torch.long, device=dev)
+        code = torch.full((len(rows),), STOPS.index("max_steps"), dtype=torch.long, device=dev)
+        label = torch.zeros(len(rows), dtype=torch.long, device=dev)
+        for step in range(p.max_iter + 1):
+            act = active.nonzero().squeeze(1)
+            if act.numel() == 0:
+                break
+            d_act = {k: v[act] for k, v in delta.items()}
+            with torch.no_grad():
+                test = batched_logits({k: scale * v for k, v in d_act.items()}, xb[act])
+            n_fwd += int(act.numel())
+            top2 = test.topk(2, dim=1).values
+            flip = test.argmax(1) != cb[act, 0]
+            gap = (top2[:, 0] - top2[:, 1]) <= p.eps
+            label[act] = test.argmax(1)
+            done = flip | gap
+            code[act] = torch.where(flip, STOPS.index("flip"), torch.where(gap, STOPS.index("eps_gap"), code[act]))
+            if step == p.max_iter:
+                active[act] = False
+                break
+            go = act[~done]
+            active[act[done]] = False
+            if go.numel() == 0:
+                continue
+            d_go = {k: v[go] for k, v in delta.items()}
+            jac = batched_jac(d_go, xb[go])  # name -> (A, K, *shape)
+            with torch.no_grad():
+                y = batched_logits(d_go, xb[go]) if p.overshoot > 0 else test[~done]
+            n_bwd += int(go.numel())
+            c = cb[go]  # (A, K')
+            sel = y.gather(1, c)
+            diff = (sel[:, 1:] - sel[:, :1]).abs()  # (A, K'-1)
+            flat = torch.cat([jac[k].flatten(2) for k in names], dim=2)  # (A, K, P)
+            rows_idx = torch.arange(len(go), device=dev)[:, None]
+            g = flat[rows_idx, c[:, 1:]] - flat[rows_idx, c[:, :1]]  # (A, K'-1, P)
+            gn = g.norm(dim=2)
+            ratio = torch.where(gn > 0, diff / gn.clamp_min(1e-30), torch.full_like(diff, float("inf")))
+            best, j = ratio.min(dim=1)
+            zero = ~torch.isfinite(best)
+            pick = torch.arange(len(go), device=dev)
+            gstar, nstar = g[pick, j], gn[pick, j]
+            coef = torch.where(zero, 0.0, diff[pick, j] / nstar.clamp_min(1e-30) ** 2)
+            stepv = coef[:, None] * gstar  # (A, P)
+            offset = 0
+            for k in names:
+                size = base[k].numel()
+                delta[k][go] = delta[k][go] + stepv[:, offset:offset + size].view(len(go), *base[k].shape)
+                offset += size
+            it[go] = it[go] + (~zero).long()
+            code[go[zero]] = STOPS.index("zero_grad")
+            active[go[zero]] = False
+        flat_delta = torch.cat([delta[k].flatten(1) for k in names], dim=1)
+        distance[rows] = scale * flat_delta.norm(dim=1)
+        iterations[rows], stopped[rows], adv_label[rows] = it, code, label
+        if progress is not None:
+            progress(len(rows))
+    return WeightDeepFoolResult(distance, iterations, stopped, cand[:, 0].clone(), adv_label, n_fwd, n_bwd)
+
+
+def last_layer_distance(features: Tensor, weight: Tensor, bias: Tensor | None, reference: Tensor) -> Tensor:
+    """Closed form of weight-space DeepFool on the last linear layer ``z = W h + b``.
+
+    Perturbing (W, b) by Δ changes z_k − z_c by ``(Δ_k − Δ_c)·[h; 1]``, so the smallest change that
+    makes class k tie with the reference class c has norm ``(z_c − z_k) / (√2 ‖[h; 1]‖)``; the
+    distance is its minimum over k ≠ c (negative where c is not the argmax: the model already
+    disagrees). ``bias`` None drops the 1.
+
+    Args:
+        features: (B, D) inputs h of the layer.
+        weight: (K, D); bias: (K,) or None.
+        reference: (B,) int64 class c per sample.
+
+    Returns:
+        (B,) distances.
+    """
+    z = features @ weight.T + (0 if bias is None else bias)
+    hn = features.pow(2).sum(1) + (0.0 if bias is None else 1.0)
+    zc = z.gather(1, reference[:, None])
+    gaps = (zc - z).scatter(1, reference[:, None], float("inf"))
+    return gaps.min(dim=1).values / (2.0 * hn).sqrt()

@@ -436,3 +436,42 @@ def test_steps_below_the_minimum_are_taken_at_1e_4(subspace):
         basis = None if subspace is None else dense_block_basis(n, 1, subspace, dtype=torch.float64)
         pert, it, k0, k_adv = deepfool_single(model, x[i], basis, candidates=2)
         assert float(pert.norm()) == pytest.approx(float(expected[i]), rel=1e-7) and (it, k0, k_adv) == (1, 0, 1)
+
+
+def test_sample_boundary_mode_lands_on_the_boundary_without_overshoot_or_minimum_step():
+    """influenciae's SampleBoundaryCalculator: on a two-class affine model one step lands on the
+    hyperplane (no overshoot) and the eps gap stops it there."""
+    from boundary_cli.geometry.deepfool import sample_boundary_params
+
+    model, x = affine_case(k=2)
+    res = deepfool(model, x, sample_boundary_params())
+    w = model.w.detach()
+    with torch.no_grad():
+        logits = model(x)
+    dist = (logits[:, 1] - logits[:, 0]).abs() / (w[1] - w[0]).norm()
+    assert torch.allclose(res.margin, dist, rtol=1e-5)
+    # one step lands on the hyperplane; float32 rounding can leave a gap above 1e-6 for one more step
+    assert (res.iterations <= 2).all() and (res.iterations == 1).float().mean() >= 0.75
+    with torch.no_grad():
+        gap = model(x + res.perturbation).topk(2, dim=1).values
+    assert ((gap[:, 0] - gap[:, 1]) <= 1e-4).all()
+    # a point 5e-5 from the boundary: the default 1e-4 minimum step oversteps, this mode does not (float64)
+    model, x = model.double(), x[:1].double()
+    w = model.w.detach()
+    with torch.no_grad():
+        l0 = model(x)[0]
+    u = (w[1] - w[0]) / (w[1] - w[0]).norm() * torch.sign(l0[0] - l0[1])  # towards the boundary
+    d0 = float((l0[1] - l0[0]).abs() / (w[1] - w[0]).norm())
+    near = x + (d0 - 5e-5) * u.view(1, *x.shape[1:])
+    assert deepfool(model, near, sample_boundary_params()).margin.item() == pytest.approx(5e-5, rel=1e-4)
+    assert deepfool(model, near, DeepFoolParams(overshoot=0.0)).margin.item() == pytest.approx(1e-4, rel=1e-4)
+
+
+def test_the_new_settings_leave_the_old_cache_key_alone():
+    from boundary_cli.geometry.deepfool import sample_boundary_params
+
+    assert set(DeepFoolParams().key()) == {"candidates", "overshoot", "max_iter", "clip", "tf32"}
+    key = sample_boundary_params().key()
+    assert key["min_step"] == 0.0 and key["eps_gap"] == 1e-6 and key["overshoot"] == 0.0
+    with pytest.raises(ValueError):
+        DeepFoolParams(min_step=-1)

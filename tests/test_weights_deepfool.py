@@ -141,3 +141,18 @@ def test_a_given_reference_class_is_moved_away_from():
     assert (exact < 0).all()  # the model already disagrees with the given class
     assert (res.reference == other).all() and (res.iterations == 0).all()
     assert all(STOPS[c] == "flip" for c in res.stopped_by.tolist())
+
+
+def test_toward_a_class_the_model_disagrees_with_is_the_closed_form_for_two_classes():
+    model = small_cnn(channels=1, n_classes=2)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    other = 1 - pred
+    names = parameter_names(model, "last_layer")
+    res = weight_deepfool(model, x, names=names, reference=other, toward=torch.ones(8, dtype=torch.bool))
+    h, head = features_and_head(model, x)
+    exact = last_layer_distance(h, head.weight.detach(), head.bias.detach(), other)  # negative
+    torch.testing.assert_close(res.distance, -exact, rtol=1e-4, atol=1e-7)
+    assert (res.iterations == 1).all()
+    assert all(STOPS[c] in ("eps_gap", "flip") for c in res.stopped_by.tolist())

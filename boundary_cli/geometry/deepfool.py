@@ -40,6 +40,7 @@ VJP_METHODS = ("loop", "batched")
 MIN_STEP = 1e-4
 INVARIANT_RTOL = 1e-5  # ‖P w‖ <= this × ‖w‖ counts as zero (float32 DCT rounding is ~1e-6)
 KEY_FIELDS = ("candidates", "overshoot", "max_iter", "clip", "tf32")  # what changes a result
+OPTIONAL_KEY_FIELDS = {"min_step": MIN_STEP, "eps_gap": None}  # part of the key only when not at their default
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class DeepFoolParams:
         sync_every: iterations between the host syncs that retire finished rows and refill the
             batch; in between, finished rows stay frozen in the batch (their compute is wasted, and
             counted), so the GPU never waits for the host. 1 retires rows after every iteration.
+        min_step: smallest step ratio taken (hold-me-tight's 1e-4); 0 takes the ratio as it is.
+        eps_gap: also stop a row whose top-two logit gap at the stop point is at most this (None:
+            never). With ``overshoot=0, min_step=0, eps_gap=1e-6`` this is influenciae's
+            SampleBoundaryCalculator (:func:`sample_boundary_params`); such a row sits on the
+            boundary without having crossed it, so it is ``converged=False`` unless its label changed.
     """
 
     candidates: int = 10
@@ -68,10 +74,14 @@ class DeepFoolParams:
     tf32: bool = False
     vjp: str = "loop"
     sync_every: int = 1
+    min_step: float = MIN_STEP
+    eps_gap: float | None = None
 
     def __post_init__(self) -> None:
         if self.candidates < 2 or self.max_iter < 1 or self.overshoot < 0 or self.sync_every < 1:
             raise ValueError("need candidates >= 2, max_iter >= 1, sync_every >= 1 and overshoot >= 0")
+        if self.min_step < 0 or (self.eps_gap is not None and self.eps_gap < 0):
+            raise ValueError("need min_step >= 0 and eps_gap >= 0 (or None)")
         if self.vjp not in VJP_METHODS:
             raise ValueError(f"unknown VJP method {self.vjp!r}; valid: {', '.join(VJP_METHODS)}")
         if self.clip is not None:
@@ -79,8 +89,18 @@ class DeepFoolParams:
 
     def key(self) -> dict[str, Any]:
         """The settings that change a result, for a cache key: all but ``vjp`` and ``sync_every``
-        (which change rounding at most, see tests/test_deepfool.py)."""
-        return {name: value for name, value in asdict(self).items() if name in KEY_FIELDS}
+        (which change rounding at most, see tests/test_deepfool.py); ``min_step`` and ``eps_gap``
+        only when set away from their defaults, so keys from before they existed stay valid."""
+        out = {name: value for name, value in asdict(self).items() if name in KEY_FIELDS}
+        out.update({k: getattr(self, k) for k, default in OPTIONAL_KEY_FIELDS.items() if getattr(self, k) != default})
+        return out
+
+
+def sample_boundary_params(max_iter: int = 100, eps: float = 1e-6, candidates: int = 10) -> DeepFoolParams:
+    """influenciae's SampleBoundaryCalculator as DeepFool settings: no overshoot, no clipping, no
+    minimum step, and the ``eps`` gap stop (METHODS.md §5.3); its score is the margin."""
+    return DeepFoolParams(candidates=candidates, overshoot=0.0, max_iter=max_iter, clip=None, min_step=0.0,
+                          eps_gap=eps)
 
 
 @dataclass
@@ -250,16 +270,20 @@ def _deepfool_rows(
                 w = grads[jstar, ar] if mask is None else idct2(coef[jstar, ar])
                 wnorm = den[jstar, ar]
                 stuck = ~(torch.isfinite(best) & (wnorm > 0))
-                scale = torch.where(stuck | ~rows.active, 0.0, best.clamp_min(MIN_STEP) / wnorm.clamp_min(1e-30))
+                scale = torch.where(stuck | ~rows.active, 0.0, best.clamp_min(p.min_step) / wnorm.clamp_min(1e-30))
                 rows.r = rows.r + scale.view(shape1) * w
                 if p.clip is not None:
                     rows.r = (rows.x + rows.r).clamp(*p.clip) - rows.x
 
                 with torch.no_grad(), model_precision(p.tf32):
-                    k_adv = model(stop_point(rows.x, rows.r)).argmax(dim=1)
+                    stop_logits = model(stop_point(rows.x, rows.r))
+                k_adv = stop_logits.argmax(dim=1)
                 rows.it = rows.it + rows.active.long()
                 flipped = k_adv != rows.cand[:, 0]
                 newly = rows.active & (flipped | (rows.it >= p.max_iter) | stuck)
+                if p.eps_gap is not None:
+                    top2 = stop_logits.topk(2, dim=1).values
+                    newly = newly | (rows.active & (top2[:, 0] - top2[:, 1] <= p.eps_gap))
                 rows.flipped = torch.where(newly, flipped, rows.flipped)
                 rows.stuck = torch.where(newly, stuck, rows.stuck)
                 rows.k_end = torch.where(newly, k_adv, rows.k_end)

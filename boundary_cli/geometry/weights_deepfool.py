@@ -116,8 +116,8 @@ def parameter_names(model: nn.Module, which: str | Sequence[str] = "all") -> lis
 
 
 def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = WeightDeepFoolParams(), *,
-                    names: Sequence[str] | None = None, reference: Tensor | None = None, batch_rows: int = 64,
-                    progress: Callable[[int], None] | None = None) -> WeightDeepFoolResult:
+                    names: Sequence[str] | None = None, reference: Tensor | None = None,
+                    toward: Tensor | None = None, batch_rows: int = 64, progress: Callable[[int], None] | None = None) -> WeightDeepFoolResult:
     """Smallest L2 change of the parameters ``names`` that moves ``model``'s label on each sample away
     from its reference class, by DeepFool in weight space (see the module docstring).
 
@@ -127,6 +127,10 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
         params: :class:`WeightDeepFoolParams`.
         names: parameter names to perturb (default: all trainable, see :func:`parameter_names`).
         reference: (B,) int64 class to move away from per sample (default: the prediction at θ).
+        toward: (B,) bool; where True the row moves *toward* its reference class instead: each step
+            takes the strongest other class k* and closes y_k* − y_c along ∇(y_c − y_k*); it stops
+            when the reference class is the argmax (``flip``) or within eps of the top other class
+            (``eps_gap``). For the signed distance against a label the model disagrees with.
         batch_rows: samples evaluated at once (each holds its own delta and a Jacobian of
             K' × |θ_names| floats).
         progress: called with the number of samples that just finished.
@@ -171,9 +175,10 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
     n_fwd = n_bwd = 0
     scale = 1.0 + p.overshoot
 
+    toward = torch.zeros(n, dtype=torch.bool, device=dev) if toward is None else toward.to(dev).bool()
     for lo in range(0, n, batch_rows):
         rows = torch.arange(lo, min(n, lo + batch_rows), device=dev)
-        xb, cb = x[rows], cand[rows]
+        xb, cb, tw = x[rows], cand[rows], toward[rows]
         delta = {k: torch.zeros((len(rows), *base[k].shape), dtype=base[k].dtype, device=dev) for k in names}
         active = torch.ones(len(rows), dtype=torch.bool, device=dev)
         it = torch.zeros(len(rows), dtype=torch.long, device=dev)
@@ -188,8 +193,10 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
                 test = batched_logits({k: scale * v for k, v in d_act.items()}, xb[act])
             n_fwd += int(act.numel())
             top2 = test.topk(2, dim=1).values
-            flip = test.argmax(1) != cb[act, 0]
-            gap = (top2[:, 0] - top2[:, 1]) <= p.eps
+            own = test.gather(1, cb[act, :1]).squeeze(1)
+            rival = test.scatter(1, cb[act, :1], float("-inf")).amax(dim=1)
+            flip = torch.where(tw[act], test.argmax(1) == cb[act, 0], test.argmax(1) != cb[act, 0])
+            gap = torch.where(tw[act], (rival - own).abs() <= p.eps, (top2[:, 0] - top2[:, 1]) <= p.eps)
             label[act] = test.argmax(1)
             done = flip | gap
             code[act] = torch.where(flip, STOPS.index("flip"), torch.where(gap, STOPS.index("eps_gap"), code[act]))
@@ -214,10 +221,17 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
             gn = g.norm(dim=2)
             ratio = torch.where(gn > 0, diff / gn.clamp_min(1e-30), torch.full_like(diff, float("inf")))
             best, j = ratio.min(dim=1)
+            t_go = tw[go]
+            if t_go.any():  # toward the reference class: the strongest rival, stepping against its gradient
+                j_rival = sel[:, 1:].argmax(dim=1)
+                j = torch.where(t_go, j_rival, j)
+                rival_ok = gn.gather(1, j[:, None]).squeeze(1) > 0
+                best = torch.where(t_go, torch.where(rival_ok, 0.0, float("inf")), best)
             zero = ~torch.isfinite(best)
             pick = torch.arange(len(go), device=dev)
             gstar, nstar = g[pick, j], gn[pick, j]
             coef = torch.where(zero, 0.0, diff[pick, j] / nstar.clamp_min(1e-30) ** 2)
+            coef = torch.where(t_go, -coef, coef)
             stepv = coef[:, None] * gstar  # (A, P)
             offset = 0
             for k in names:

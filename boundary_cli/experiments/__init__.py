@@ -4,7 +4,15 @@ Each module ends with its :class:`~boundary_cli.experiments.registry.Experiment`
 the one list of them. A new experiment is one module plus one line here.
 """
 
-from boundary_cli.experiments import decision_flip, lcr, margin, multiple_hits, own_to_flip, train_again
+from boundary_cli.experiments import (
+    decision_flip,
+    lcr,
+    margin,
+    multiple_hits,
+    own_to_flip,
+    train_again,
+    weights_boundary,
+)
 from boundary_cli.experiments.registry import Experiment
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -14,4 +22,5 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     own_to_flip.EXPERIMENT,
     train_again.EXPERIMENT,
     lcr.EXPERIMENT,
+    weights_boundary.EXPERIMENT,
 )}

@@ -124,3 +124,24 @@ def lcr_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None
         return None
     return grouped_bars(test, "method", "auroc", "AUROC of wrong predictions (test split)",
                         f"label change rate detectors: {title}")
+
+
+def weights_boundary_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """The weight-space distance of each scored point, a box per run (the ``weights_boundary``
+    table; signed distances against the label keep their sign)."""
+    table = tables.get("weights_boundary")
+    if table is None or not len(table):
+        return None
+    groups = [(label, sub["weight_distance_l2"].to_numpy(dtype=float)) for label, sub in table.groupby("label", sort=False)]
+    groups = [(label, d[np.isfinite(d)]) for label, d in groups]
+    groups = [(label, d) for label, d in groups if len(d)]
+    if not groups:
+        return None
+    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot([d for _, d in groups], showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{label}\n(n={len(d)})" for label, d in groups], fontsize=7)
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_ylabel("weight-space distance ‖Δθ‖₂")
+    ax.set_title(f"boundary-based self-influence: {title}", fontsize=10)
+    return fig

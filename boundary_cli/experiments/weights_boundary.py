@@ -148,7 +148,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
                candidates=params.candidates)
     run_ = ctx.cached_chunks("weights_boundary", chunks, compute, fmt=CHUNK_FORMAT, params=key, rows=len,
                              load=load, inputs=lambda t: t,
-                             required=("distance", "iterations", "stopped_by", "adv_label", "prediction"),
+                             required=("distance", "iterations", "stopped_by", "adv_label", "prediction",
+                                       "closed_form"),
                              desc="weight-space DeepFool", unit="point")
     cat = {k: run_.cat(k).cpu().numpy() for k in ("distance", "iterations", "stopped_by", "adv_label", "prediction",
                                                   "closed_form")} if run_.parts else None

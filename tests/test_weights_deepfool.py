@@ -15,6 +15,7 @@ from boundary_cli.geometry.weights_deepfool import (
     parameter_names,
     weight_deepfool,
 )
+from boundary_cli.geometry.reference_weights_deepfool import weights_deepfool_single
 from test_deepfool import small_cnn
 
 
@@ -54,60 +55,11 @@ def test_the_last_layer_general_path_reaches_the_closed_form_in_one_step():
     assert all(STOPS[c] in ("eps_gap", "flip") for c in res.stopped_by.tolist())
 
 
-def loop_reference(model, x, max_iter=100, eps=1e-6):
-    """The reference's way, sample by sample: full Jacobian of all logits with respect to all
-    trainable weights, the weights of a copy of the model mutated in place."""
-    out = []
-    for xb in x:
-        net = copy.deepcopy(model)
-        params = [p for p in net.parameters() if p.requires_grad]
-        w0 = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            c = int(net(xb[None]).argmax())
-        steps, stop = 0, "max_steps"
-        for _ in range(max_iter + 1):
-            with torch.no_grad():
-                y = net(xb[None])[0]
-            top = y.topk(2).values
-            if int(y.argmax()) != c:
-                stop = "flip"
-                break
-            if top[0] - top[1] <= eps:
-                stop = "eps_gap"
-                break
-            if steps == max_iter:
-                break
-            rows = []
-            for k in range(len(y)):
-                grads = torch.autograd.grad(net(xb[None])[0][k], params)
-                rows.append(torch.cat([g.flatten() for g in grads]))
-            jac = torch.stack(rows)
-            best, best_k = float("inf"), None
-            for k in range(len(y)):
-                if k == c:
-                    continue
-                g = jac[k] - jac[c]
-                r = float((y[k] - y[c]).abs() / g.norm())
-                if r < best:
-                    best, best_k = r, k
-            g = jac[best_k] - jac[c]
-            stepv = (y[best_k] - y[c]).abs() / g.norm() ** 2 * g
-            offset = 0
-            with torch.no_grad():
-                for p in params:
-                    p += stepv[offset:offset + p.numel()].view(p.shape)
-                    offset += p.numel()
-            steps += 1
-        dist = torch.cat([(p.detach() - w).flatten() for p, w in zip(params, w0)]).norm()
-        out.append((float(dist), steps, stop))
-    return out
-
-
 def test_batched_equals_the_per_sample_full_jacobian_loop():
     model = small_cnn(channels=1, n_classes=4).double()
     x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     res = weight_deepfool(model, x, WeightDeepFoolParams(max_iter=30), batch_rows=4)
-    ref = loop_reference(model, x, max_iter=30)
+    ref = weights_deepfool_single(model, x, max_iter=30)
     for i, (dist, steps, stop) in enumerate(ref):
         assert res.distance[i].item() == pytest.approx(dist, rel=1e-6)
         assert res.iterations[i].item() == steps and STOPS[res.stopped_by[i].item()] == stop

@@ -176,76 +176,81 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
     scale = 1.0 + p.overshoot
 
     toward = torch.zeros(n, dtype=torch.bool, device=dev) if toward is None else toward.to(dev).bool()
-    for lo in range(0, n, batch_rows):
-        rows = torch.arange(lo, min(n, lo + batch_rows), device=dev)
+    i_flip, i_gap, i_max, i_zero = (STOPS.index(s) for s in ("flip", "eps_gap", "max_steps", "zero_grad"))
+    # rows in flight: a finished row leaves and the next pending one takes its place, so every
+    # vmapped call sees a full batch (the per-call overhead of vmap and jacrev is large on small models)
+    rows = torch.zeros(0, dtype=torch.long, device=dev)
+    delta = {k: torch.zeros((0, *base[k].shape), dtype=base[k].dtype, device=dev) for k in names}
+    it = torch.zeros(0, dtype=torch.long, device=dev)
+    next_row = 0
+    while next_row < n or len(rows):
+        take = min(batch_rows - len(rows), n - next_row)
+        if take > 0:
+            rows = torch.cat([rows, torch.arange(next_row, next_row + take, device=dev)])
+            delta = {k: torch.cat([v, torch.zeros((take, *base[k].shape), dtype=v.dtype, device=dev)])
+                     for k, v in delta.items()}
+            it = torch.cat([it, torch.zeros(take, dtype=torch.long, device=dev)])
+            next_row += take
         xb, cb, tw = x[rows], cand[rows], toward[rows]
-        delta = {k: torch.zeros((len(rows), *base[k].shape), dtype=base[k].dtype, device=dev) for k in names}
-        active = torch.ones(len(rows), dtype=torch.bool, device=dev)
-        it = torch.zeros(len(rows), dtype=torch.long, device=dev)
-        code = torch.full((len(rows),), STOPS.index("max_steps"), dtype=torch.long, device=dev)
-        label = torch.zeros(len(rows), dtype=torch.long, device=dev)
-        for step in range(p.max_iter + 1):
-            act = active.nonzero().squeeze(1)
-            if act.numel() == 0:
-                break
-            d_act = {k: v[act] for k, v in delta.items()}
-            with torch.no_grad():
-                test = batched_logits({k: scale * v for k, v in d_act.items()}, xb[act])
-            n_fwd += int(act.numel())
-            top2 = test.topk(2, dim=1).values
-            own = test.gather(1, cb[act, :1]).squeeze(1)
-            rival = test.scatter(1, cb[act, :1], float("-inf")).amax(dim=1)
-            flip = torch.where(tw[act], test.argmax(1) == cb[act, 0], test.argmax(1) != cb[act, 0])
-            gap = torch.where(tw[act], (rival - own).abs() <= p.eps, (top2[:, 0] - top2[:, 1]) <= p.eps)
-            label[act] = test.argmax(1)
-            done = flip | gap
-            code[act] = torch.where(flip, STOPS.index("flip"), torch.where(gap, STOPS.index("eps_gap"), code[act]))
-            if step == p.max_iter:
-                active[act] = False
-                break
-            go = act[~done]
-            active[act[done]] = False
-            if go.numel() == 0:
-                continue
+        with torch.no_grad():
+            test = batched_logits({k: scale * v for k, v in delta.items()}, xb)
+        n_fwd += len(rows)
+        pred = test.argmax(1)
+        own = test.gather(1, cb[:, :1]).squeeze(1)
+        rival = test.scatter(1, cb[:, :1], float("-inf")).amax(dim=1)
+        top2 = test.topk(2, dim=1).values
+        flip = torch.where(tw, pred == cb[:, 0], pred != cb[:, 0])
+        gap = torch.where(tw, (rival - own).abs() <= p.eps, (top2[:, 0] - top2[:, 1]) <= p.eps)
+        code = torch.where(flip, i_flip, torch.where(gap, i_gap, i_max))
+        done = flip | gap | (it >= p.max_iter)
+        go = (~done).nonzero().squeeze(1)
+        if go.numel():
             d_go = {k: v[go] for k, v in delta.items()}
             jac = batched_jac(d_go, xb[go])  # name -> (A, K, *shape)
             with torch.no_grad():
-                y = batched_logits(d_go, xb[go]) if p.overshoot > 0 else test[~done]
+                y = batched_logits(d_go, xb[go]) if p.overshoot > 0 else test[go]
             n_bwd += int(go.numel())
             c = cb[go]  # (A, K')
             sel = y.gather(1, c)
             diff = (sel[:, 1:] - sel[:, :1]).abs()  # (A, K'-1)
-            flat = torch.cat([jac[k].flatten(2) for k in names], dim=2)  # (A, K, P)
-            rows_idx = torch.arange(len(go), device=dev)[:, None]
-            g = flat[rows_idx, c[:, 1:]] - flat[rows_idx, c[:, :1]]  # (A, K'-1, P)
-            gn = g.norm(dim=2)
+            pick = torch.arange(len(go), device=dev)
+            # ‖J_j − J_c‖² = ‖J_j‖² − 2 J_j·J_c + ‖J_c‖², from one pass over each Jacobian (no
+            # (A, K'-1, P) differences are built); only the chosen row's difference is formed below
+            gn2 = torch.zeros((len(go), jac[names[0]].shape[1]), dtype=diff.dtype, device=dev)
+            for k in names:
+                jk = jac[k].flatten(2)  # (A, K, P_k)
+                jc = jk[pick, c[:, 0]]  # (A, P_k)
+                gn2 = gn2 + jk.pow(2).sum(dim=2) - 2 * torch.einsum("akp,ap->ak", jk, jc) + jc.pow(2).sum(1)[:, None]
+            gn = gn2.gather(1, c[:, 1:]).clamp_min(0).sqrt()  # (A, K'-1)
             ratio = torch.where(gn > 0, diff / gn.clamp_min(1e-30), torch.full_like(diff, float("inf")))
             best, j = ratio.min(dim=1)
             t_go = tw[go]
             if t_go.any():  # toward the reference class: the strongest rival, stepping against its gradient
-                j_rival = sel[:, 1:].argmax(dim=1)
-                j = torch.where(t_go, j_rival, j)
+                j = torch.where(t_go, sel[:, 1:].argmax(dim=1), j)
                 rival_ok = gn.gather(1, j[:, None]).squeeze(1) > 0
                 best = torch.where(t_go, torch.where(rival_ok, 0.0, float("inf")), best)
             zero = ~torch.isfinite(best)
-            pick = torch.arange(len(go), device=dev)
-            gstar, nstar = g[pick, j], gn[pick, j]
-            coef = torch.where(zero, 0.0, diff[pick, j] / nstar.clamp_min(1e-30) ** 2)
+            coef = torch.where(zero, 0.0, diff[pick, j] / gn[pick, j].clamp_min(1e-30) ** 2)
             coef = torch.where(t_go, -coef, coef)
-            stepv = coef[:, None] * gstar  # (A, P)
-            offset = 0
+            kstar = c[pick, j + 1]
             for k in names:
-                size = base[k].numel()
-                delta[k][go] = delta[k][go] + stepv[:, offset:offset + size].view(len(go), *base[k].shape)
-                offset += size
+                jk = jac[k].flatten(2)
+                stepk = coef[:, None] * (jk[pick, kstar] - jk[pick, c[:, 0]])
+                delta[k][go] = delta[k][go] + stepk.view(len(go), *base[k].shape)
             it[go] = it[go] + (~zero).long()
-            code[go[zero]] = STOPS.index("zero_grad")
-            active[go[zero]] = False
-        flat_delta = torch.cat([delta[k].flatten(1) for k in names], dim=1)
-        distance[rows] = scale * flat_delta.norm(dim=1)
-        iterations[rows], stopped[rows], adv_label[rows] = it, code, label
-        if progress is not None:
-            progress(len(rows))
+            code[go[zero]] = i_zero
+            done[go[zero]] = True
+        fin = done.nonzero().squeeze(1)
+        if fin.numel():
+            g = rows[fin]
+            flat = torch.cat([delta[k][fin].flatten(1) for k in names], dim=1)
+            distance[g] = scale * flat.norm(dim=1)
+            iterations[g], stopped[g], adv_label[g] = it[fin], code[fin], pred[fin]
+            keep = (~done).nonzero().squeeze(1)
+            rows, it = rows[keep], it[keep]
+            delta = {k: v[keep] for k, v in delta.items()}
+            if progress is not None:
+                progress(int(fin.numel()))
     return WeightDeepFoolResult(distance, iterations, stopped, cand[:, 0].clone(), adv_label, n_fwd, n_bwd)
 
 

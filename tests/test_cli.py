@@ -14,9 +14,11 @@ pytestmark = pytest.mark.slow  # every test here starts the CLI in a subprocess
 
 MARGIN_COLUMNS = ["dataset", "variant", "model", "training", "seed", "overrides", "sample_index", "label",
                   "prediction", "correct", "subspace", "offset", "block", "dim", "margin_l2", "margin_linf",
-                  "n_iter", "converged", "adv_label"]
+                  "n_iter", "converged", "adv_label", "margin_min", "margin_bisect", "refine_method", "refine_steps",
+                  "min_adv_label", "gap"]
 SUMMARY_COLUMNS = ["subspace", "offset", "block", "dim", "n", "median", "q25", "q75", "median_ci_low",
-                   "median_ci_high", "share_converged", "share_correct"]
+                   "median_ci_high", "share_converged", "share_correct", "median_min", "median_bisect", "median_gap",
+                   "p90_gap", "share_gap_above_1_1", "n_gap_nan"]
 RUN_KEYS = ["config_hash", "argv", "version", "git_commit", "versions", "device", "test_accuracy", "wall_time_s",
             "n_forward", "n_backward", "samples_per_s", "chunks_reused"]
 
@@ -30,8 +32,8 @@ def default_run(tmp_path_factory, digits_cache) -> Path:
 
 
 def test_default_run_writes_every_output(default_run):
-    for name in ["margins.csv", "summary.csv", "margins.npy", "margins_full.npy", "run.json", "margins.png",
-                 "examples.png", "training.csv", "config_resolved.yaml", ".hydra/config.yaml"]:
+    for name in ["margins.csv", "summary.csv", "margins.npy", "margins_full.npy", "margins_min.npy", "run.json",
+                 "margins.png", "examples.png", "training.csv", "config_resolved.yaml", ".hydra/config.yaml"]:
         assert (default_run / name).is_file(), name
     margins = pd.read_csv(default_run / "margins.csv")
     assert list(margins.columns) == MARGIN_COLUMNS

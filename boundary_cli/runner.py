@@ -89,7 +89,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
                             f"{', '.join(sorted(k for k, m in EXPERIMENTS.items() if m.lazy_data))}")
     data = apply_variant(raw, variant)
     epochs = experiment.model_epochs(cfg)
-    obtained = [obtain_model(cfg, data, device, progress, epoch=e) for e in epochs]
+    modifier = experiment.modifier(cfg)
+    obtained = [obtain_model(cfg, data, device, progress, epoch=e, modifier=modifier) for e in epochs]
     model, provenance = obtained[0].model, obtained[0].provenance
     curve = next((o.curve for o in obtained if o.curve is not None), None)
     min_acc = cfg.training.get("min_accuracy")

@@ -8,6 +8,7 @@ from boundary_cli.experiments import (
     decision_flip,
     lcr,
     margin,
+    mislabel,
     multiple_hits,
     own_to_flip,
     train_again,
@@ -23,4 +24,5 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     train_again.EXPERIMENT,
     lcr.EXPERIMENT,
     weights_boundary.EXPERIMENT,
+    mislabel.EXPERIMENT,
 )}

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
+from boundary_cli.data.modifier import DataModifier
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 
 
@@ -46,6 +47,8 @@ class Experiment:
         shards: honours ``shard.index`` / ``shard.count``.
         compare: the figure ``boundary report`` draws over a sweep of this experiment.
         compare_name: file name (without .png) of that figure inside ``report/<name>/``.
+        modifier: the change to the training data the experiment's model is trained on (label noise,
+            ...), or None for the data as configured; the runner obtains ``ctx.model`` with it.
     """
 
     name: str
@@ -58,3 +61,4 @@ class Experiment:
     shards: bool = False
     compare: Comparison | None = None
     compare_name: str = "comparison"
+    modifier: Callable[[DictConfig], DataModifier | None] = lambda cfg: None

@@ -92,22 +92,19 @@ def _features(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     return seen[0].flatten(1)
 
 
-def run(ctx: RunContext) -> ExperimentOutput:
-    e = ctx.cfg.experiment
-    data = ctx.data
-    xs, ys = (data.train_x, data.train_y) if e.split == "train" else (data.test_x, data.test_y)
-    idx = select_samples(len(ys), e.n_samples, int(e.sample_seed))
-    params = weight_params(e)
-    names = _names(ctx.model, e.weights.params)
+WEIGHT_KEYS = ("distance", "iterations", "stopped_by", "adv_label", "prediction", "closed_form")
+
+
+def weight_distances(ctx: RunContext, x_all: Tensor, y_all: Tensor, idx: Tensor, chunk_size: int,
+                     params: WeightDeepFoolParams, names: list[str], against: str, batch_rows: int,
+                     desc: str = "weight-space DeepFool"):
+    """Weight-space distances of the points ``idx`` of (x_all, y_all) under ``ctx.model``, chunked and
+    cached: signed against ``against`` (prediction or label), the closed form on a last linear layer
+    for rows moving away. Returns (ChunkRun, {WEIGHT_KEYS: (len(idx),) arrays} or None when empty)."""
     head = _last_linear(ctx.model, names)
-    against = str(e.weights.against)
-    chunks = list(idx.split(int(e.chunk_size)))
-    n_params = sum(dict(ctx.model.named_parameters())[n].numel() for n in names)
-    log.info("weights_boundary: %d %s points, %d parameters in %d tensors%s, against the %s", len(idx), e.split,
-             n_params, len(names), " (closed form for rows moving away)" if head else "", against)
 
     def load(chunk: Tensor) -> tuple[Tensor, Tensor]:
-        return xs[chunk].to(ctx.device), ys[chunk].to(ctx.device)
+        return x_all[chunk].to(ctx.device), y_all[chunk].to(ctx.device)
 
     def compute(loaded: tuple[Tensor, Tensor], progress: Callable[[int], None]) -> Computed:
         x, y = loaded
@@ -133,7 +130,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         rows = general.nonzero().squeeze(1)
         if rows.numel():
             res = weight_deepfool(ctx.model, x[rows], params, names=names, reference=ref[rows], toward=toward[rows],
-                                  batch_rows=int(e.batch_rows))
+                                  batch_rows=batch_rows)
             dist[rows], iters[rows], stop[rows], adv[rows] = res.distance, res.iterations, res.stopped_by, \
                 res.adv_label
             fwd, bwd = fwd + res.n_forward, bwd + res.n_backward
@@ -146,13 +143,26 @@ def run(ctx: RunContext) -> ExperimentOutput:
 
     key = dict(names=names, against=against, max_iter=params.max_iter, eps=params.eps, overshoot=params.overshoot,
                candidates=params.candidates)
-    run_ = ctx.cached_chunks("weights_boundary", chunks, compute, fmt=CHUNK_FORMAT, params=key, rows=len,
-                             load=load, inputs=lambda t: t,
-                             required=("distance", "iterations", "stopped_by", "adv_label", "prediction",
-                                       "closed_form"),
-                             desc="weight-space DeepFool", unit="point")
-    cat = {k: run_.cat(k).cpu().numpy() for k in ("distance", "iterations", "stopped_by", "adv_label", "prediction",
-                                                  "closed_form")} if run_.parts else None
+    run_ = ctx.cached_chunks("weights_boundary", list(idx.split(chunk_size)), compute, fmt=CHUNK_FORMAT, params=key,
+                             rows=len, load=load, inputs=lambda t: t, required=WEIGHT_KEYS, desc=desc, unit="point")
+    return run_, ({k: run_.cat(k).cpu().numpy() for k in WEIGHT_KEYS} if run_.parts else None)
+
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e = ctx.cfg.experiment
+    data = ctx.data
+    xs, ys = (data.train_x, data.train_y) if e.split == "train" else (data.test_x, data.test_y)
+    idx = select_samples(len(ys), e.n_samples, int(e.sample_seed))
+    params = weight_params(e)
+    names = _names(ctx.model, e.weights.params)
+    head = _last_linear(ctx.model, names)
+    against = str(e.weights.against)
+    chunks = list(idx.split(int(e.chunk_size)))
+    n_params = sum(dict(ctx.model.named_parameters())[n].numel() for n in names)
+    log.info("weights_boundary: %d %s points, %d parameters in %d tensors%s, against the %s", len(idx), e.split,
+             n_params, len(names), " (closed form for rows moving away)" if head else "", against)
+
+    run_, cat = weight_distances(ctx, xs, ys, idx, int(e.chunk_size), params, names, against, int(e.batch_rows))
     n = len(idx)
     labels = ys[idx].numpy()
     table = pd.DataFrame({

@@ -1,0 +1,173 @@
+"""experiment=mislabel: how well each per-point signal finds mislabeled training points
+(influenciae's benchmark, METHODS.md §5.4, with the baselines a reviewer asks for).
+
+Label noise is injected once, seeded (``experiment.noise``; uniform over the other classes), the
+model is trained on the noisy labels (the noise is part of its store key), and every scored
+training point is ranked by each method, higher = more suspicious:
+
+* ``weights_prediction``: weight-space influence, −(distance to flip the prediction) (the reference);
+* ``weights_label``: −(signed weight-space distance against the given label);
+* ``input_deepfool``: −(input-space DeepFool distance with influenciae's sample settings);
+* ``loss``: cross-entropy at the given label;
+* ``self_confidence``, ``normalized_margin``: cleanlab's label-quality scores (negated) from the
+  model's in-sample probabilities.
+
+Runs are the seeds of a ``-m seed=0,1,2`` sweep; ``boundary report`` merges them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from boundary_cli.data.label_noise import label_noise, noisy_labels
+from boundary_cli.data.modifier import DataModifier
+from boundary_cli.detectors.ranking import detection_area, detection_auroc, detection_curve, precision_at_noise
+from boundary_cli.errors import BoundaryError
+from boundary_cli.experiments.checks import positive_int
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.margin import select_samples
+from boundary_cli.experiments.registry import Experiment
+from boundary_cli.experiments.weights_boundary import _names, weight_distances, weight_params
+from boundary_cli.geometry.deepfool import deepfool, sample_boundary_params
+from boundary_cli.training.evaluation import predict
+
+log = logging.getLogger(__name__)
+
+METHODS = ("weights_prediction", "weights_label", "input_deepfool", "loss", "self_confidence", "normalized_margin")
+CURVE_POINTS = 101  # the detection curve is stored at these fractions inspected
+
+
+def noise_seed(cfg: DictConfig) -> int:
+    s = cfg.experiment.noise.seed
+    return int(cfg.seed) if s is None else int(s)
+
+
+def modifier(cfg: DictConfig) -> DataModifier:
+    return label_noise(float(cfg.experiment.noise.rate), noise_seed(cfg))
+
+
+def validate(cfg: DictConfig) -> None:
+    e = cfg.experiment
+    rate = e.noise.rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise BoundaryError(f"experiment.noise.rate must be a number in (0, 1), got {rate!r}")
+    unknown = [m for m in e.methods if m not in METHODS]
+    if unknown or not e.methods:
+        raise BoundaryError(f"unknown experiment.methods {unknown}; valid: {', '.join(METHODS)}")
+    if e.n_points != "all":
+        positive_int(e.n_points, "experiment.n_points (or 'all')")
+    positive_int(e.chunk_size, "experiment.chunk_size")
+    positive_int(e.batch_rows, "experiment.batch_rows")
+    weight_params(e)
+
+
+def _cleanlab(labels: np.ndarray, probs: np.ndarray, method: str) -> np.ndarray:
+    from cleanlab.rank import get_label_quality_scores
+
+    return get_label_quality_scores(labels, probs, method=method)
+
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e = ctx.cfg.experiment
+    data = ctx.data
+    rate, seed = float(e.noise.rate), noise_seed(ctx.cfg)
+    given, noisy_all = noisy_labels(data.train_y, data.num_classes, rate, seed)
+    idx = select_samples(len(given), e.n_points, int(e.sample_seed))
+    x, y, y_true, noisy = data.train_x[idx], given[idx], data.train_y[idx], noisy_all[idx].numpy()
+    if noisy.sum() == 0:
+        raise BoundaryError(f"no scored point is mislabeled (rate {rate}, {len(idx)} points): raise "
+                            f"experiment.noise.rate or experiment.n_points")
+    logits = predict(ctx.model, x, device=ctx.device)
+    probs = logits.softmax(1).numpy()
+    pred = logits.argmax(1)
+    scores: dict[str, np.ndarray] = {}
+    methods = list(e.methods)
+    params, names = weight_params(e), _names(ctx.model, e.weights.params)
+    for against, method in (("prediction", "weights_prediction"), ("label", "weights_label")):
+        if method in methods:
+            _, cat = weight_distances(ctx, data.train_x, given, idx, int(e.chunk_size), params, names, against,
+                                      int(e.batch_rows), desc=f"weights ({against})")
+            scores[method] = -cat["distance"]
+    if "input_deepfool" in methods:
+        sp = sample_boundary_params(max_iter=int(e.input.max_iter), eps=float(e.input.eps),
+                                    candidates=int(e.input.candidates))
+        margins = [deepfool(ctx.model, part.to(ctx.device), sp, keep_perturbation=False).margin.cpu()
+                   for part in x.split(int(e.chunk_size))]
+        scores["input_deepfool"] = -torch.cat(margins).numpy()
+    if "loss" in methods:
+        scores["loss"] = F.cross_entropy(logits, y, reduction="none").numpy()
+    for m in ("self_confidence", "normalized_margin"):
+        if m in methods:
+            scores[m] = -_cleanlab(y.numpy(), probs, m)
+
+    n, realised = len(idx), float(noisy.mean())
+    train_acc_given = float((pred == y).float().mean())
+    test_acc = float((predict(ctx.model, data.test_x, device=ctx.device).argmax(1) == data.test_y).float().mean())
+    rows, curves = [], []
+    grid = np.linspace(0, 1, CURVE_POINTS)
+    for m, s in scores.items():
+        curve = detection_curve(s, noisy)
+        at = np.interp(grid, np.arange(1, n + 1) / n, curve, left=0.0)
+        curves.append(pd.DataFrame(dict(method=m, fraction_inspected=grid, fraction_found=at)))
+        rows.append(dict(method=m, noise_rate=rate, realised_rate=realised, noise_seed=seed, n_points=n,
+                         n_noisy=int(noisy.sum()), auroc=detection_auroc(s, noisy), detection_area=detection_area(s, noisy),
+                         precision_at_noise=precision_at_noise(s, noisy), train_accuracy_given=train_acc_given,
+                         train_accuracy_true=float((pred == y_true).float().mean()), test_accuracy=test_acc))
+    identity = ctx.identity
+    summary = pd.DataFrame([{**identity, **r} for r in rows])
+    curve_table = pd.concat([c.assign(**identity) for c in curves], ignore_index=True)
+    point_table = pd.DataFrame({**identity, "sample_index": np.repeat(idx.numpy(), len(scores)),
+                                "label_given": np.repeat(y.numpy(), len(scores)),
+                                "label_true": np.repeat(y_true.numpy(), len(scores)),
+                                "noisy": np.repeat(noisy, len(scores)),
+                                "method": np.tile(list(scores), n),
+                                "score": np.stack(list(scores.values()), axis=1).ravel()})
+    for r in rows:
+        log.info("%-20s AUROC %.3f  area %.3f  precision@noise %.3f", r["method"], r["auroc"], r["detection_area"],
+                 r["precision_at_noise"])
+    figures = {"detection": detection_figure(curve_table, ctx.title(f"noise {rate:g} (realised {realised:.3f})"))}
+    stats = dict(noise=dict(rate=rate, seed=seed, realised_rate=realised, n_noisy=int(noisy.sum())), n_points=n,
+                 methods=list(scores), train_accuracy_given=train_acc_given, test_accuracy_measured=test_acc)
+    return ExperimentOutput(tables={"mislabel_summary": summary, "mislabel_curves": curve_table,
+                                    "mislabel_scores": point_table}, figures=figures, stats=stats)
+
+
+def detection_figure(curves: pd.DataFrame, title: str) -> Figure:
+    """Mean detection curve per method (x: share of points inspected, most suspicious first; y: share
+    of the mislabeled points found), with a band from the lowest to the highest run when the table
+    holds several runs (a ``run`` column), and the chance line."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for method, part in curves.groupby("method", sort=False):
+        runs = part.groupby("run") if "run" in part.columns else [(None, part)]
+        ys = np.stack([g.sort_values("fraction_inspected")["fraction_found"].to_numpy() for _, g in runs])
+        xs = np.sort(part["fraction_inspected"].unique())
+        line, = ax.plot(xs, ys.mean(0), lw=1.5, label=f"{method}")
+        if len(ys) > 1:
+            ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8, label="chance")
+    ax.set_xlabel("share of training points inspected (most suspicious first)")
+    ax.set_ylabel("share of mislabeled points found")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def mislabel_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Over a sweep (e.g. seeds): the mean detection curve per method with its band over runs."""
+    curves = tables.get("mislabel_curves")
+    if curves is None or not len(curves):
+        return None
+    return detection_figure(curves, f"mislabeled-point detection: {title}")
+
+
+EXPERIMENT = Experiment(name="mislabel", validate=validate, run=run,
+                        tables=("mislabel_summary", "mislabel_curves", "mislabel_scores"), figures=("detection",),
+                        compare=mislabel_comparison, compare_name="detection", modifier=modifier)

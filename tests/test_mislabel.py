@@ -1,0 +1,64 @@
+"""experiment=mislabel in process on digits: the noisy model, the tables, the detection metrics'
+consistency, and the checks on the settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from boundary_cli.errors import BoundaryError
+
+
+@pytest.fixture(scope="module")
+def mislabel_run(tmp_path_factory):
+    from hydra import compose, initialize_config_module
+
+    from boundary_cli.runner import execute
+
+    root = tmp_path_factory.mktemp("mislabel_runs")
+
+    def run(name, *overrides, experiment="mislabel"):
+        small = ["experiment.n_points=300", "experiment.weights.max_iter=20", "experiment.input.max_iter=20"] \
+            if experiment == "mislabel" else ["experiment.n_samples=5"]
+        with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
+            cfg = compose("config", overrides=[f"experiment={experiment}", "training=quick",
+                                               f"paths.cache_dir={root / 'cache'}", *small, *overrides])
+        info = execute(cfg, root / name, progress=False)
+        return root / name, info
+
+    return run
+
+
+def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabel_run):
+    clean, clean_info = mislabel_run("clean", experiment="margin")
+    folder, info = mislabel_run("noisy", "experiment.noise.rate=0.2")
+    assert info["model"]["modifier"] == {"name": "label_noise", "params": {"rate": 0.2, "seed": 0}}
+    assert info["model"]["path"] != clean_info["model"]["path"]  # its own store key
+    summary = pd.read_csv(folder / "mislabel_summary.csv")
+    scores = pd.read_csv(folder / "mislabel_scores.csv")
+    assert list(summary["method"]) == ["weights_prediction", "weights_label", "input_deepfool", "loss",
+                                       "self_confidence", "normalized_margin"]
+    per_point = scores[scores["method"] == "loss"]
+    assert len(per_point) == 300 and (per_point["noisy"] == (per_point["label_given"] != per_point["label_true"])).all()
+    p = per_point["noisy"].mean()
+    assert summary["realised_rate"].iloc[0] == pytest.approx(p) and 0.1 < p < 0.3
+    # the reference's area and the AUROC agree through their closed-form relation (the loss has no ties)
+    loss = summary[summary["method"] == "loss"].iloc[0]
+    assert loss["detection_area"] == pytest.approx((1 - p) * loss["auroc"] + p / 2 + 1 / (2 * 300), abs=1e-9)
+    assert (summary["auroc"] > 0.6).all()  # every signal beats chance on 20% noise
+    curves = pd.read_csv(folder / "mislabel_curves.csv")
+    last = curves.groupby("method")["fraction_found"].last()
+    assert np.allclose(last, 1.0) and (folder / "detection.png").exists()
+    assert json.loads((folder / "run.json").read_text())["noise"]["n_noisy"] == int(per_point["noisy"].sum())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("experiment.noise.rate=0", "noise.rate"),
+    ("experiment.methods=[magic]", "unknown experiment.methods"),
+])
+def test_bad_settings_give_one_clear_line(mislabel_run, override, message):
+    with pytest.raises(BoundaryError, match=message):
+        mislabel_run("bad", override)

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_margin import bench_setup, sync, synthetic_setup  # noqa: E402
+from bench_margin import bench_setup, synthetic_setup, timed  # noqa: E402
 
 from boundary_cli.experiments.margin import select_samples  # noqa: E402
 from boundary_cli.geometry.adv_lib_attacks import adv_lib_available  # noqa: E402
@@ -35,14 +34,6 @@ from boundary_cli.geometry.dct import diagonal_blocks  # noqa: E402
 from boundary_cli.geometry.deepfool import DeepFoolParams, deepfool  # noqa: E402
 from boundary_cli.geometry.refine import RefineParams, refine  # noqa: E402
 from boundary_cli.training.evaluation import predict  # noqa: E402
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
 
 
 def gap_stats(margin: torch.Tensor, best: torch.Tensor) -> dict:

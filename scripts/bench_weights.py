@@ -20,13 +20,12 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_margin import bench_setup, sync  # noqa: E402
+from bench_margin import bench_setup, timed  # noqa: E402
 
 from boundary_cli.geometry.reference_weights_deepfool import weights_deepfool_single  # noqa: E402
 from boundary_cli.geometry.weights_deepfool import (  # noqa: E402
@@ -35,14 +34,6 @@ from boundary_cli.geometry.weights_deepfool import (  # noqa: E402
     parameter_names,
     weight_deepfool,
 )
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
 
 
 def peak_mb(device) -> float:

@@ -91,6 +91,26 @@ def own_to_flip_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figur
                         f"own class vs nearest flip: {title}")
 
 
+def run_boxes(groups: list[tuple[str, np.ndarray]], ylabel: str, title: str, *, reference: float,
+              log: bool = False) -> Figure | None:
+    """One box per run of (label, values) pairs, non-finite values (and, on a log axis, values <= 0)
+    dropped and runs left empty skipped; a dashed line at ``reference``. None when nothing is left."""
+    groups = [(label, v[np.isfinite(v) & ((v > 0) if log else True)]) for label, v in groups]
+    groups = [(label, v) for label, v in groups if len(v)]
+    if not groups:
+        return None
+    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot([v for _, v in groups], showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{label}\n(n={len(v)})" for label, v in groups], fontsize=7)
+    ax.axhline(reference, color="gray", lw=0.8, ls="--")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def train_again_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
     """Distance after / before overfitting each point, a box per run, over the (point, class)
     pairs that flipped both before and after (the ``train_again`` table)."""
@@ -99,19 +119,8 @@ def train_again_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figur
         return None
     both = table[(table["status_before"] == "flipped") & (table["status_after"] == "flipped")]
     groups = [(label, (sub["l2_after"] / sub["l2_before"]).to_numpy()) for label, sub in both.groupby("label", sort=False)]
-    groups = [(label, r[np.isfinite(r) & (r > 0)]) for label, r in groups]
-    groups = [(label, r) for label, r in groups if len(r)]
-    if not groups:
-        return None
-    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) + 3), 4.5), layout="constrained")
-    ax = fig.subplots()
-    ax.boxplot([r for _, r in groups], showfliers=True)
-    ax.set_xticks(range(1, len(groups) + 1), [f"{label}\n(n={len(r)})" for label, r in groups], fontsize=7)
-    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_ylabel("L2 distance after / before overfitting the point")
-    ax.set_title(f"boundary distances after training again: {title}", fontsize=10)
-    return fig
+    return run_boxes(groups, "L2 distance after / before overfitting the point",
+                     f"boundary distances after training again: {title}", reference=1.0, log=True)
 
 
 def lcr_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
@@ -133,15 +142,4 @@ def weights_boundary_comparison(tables: dict[str, pd.DataFrame], title: str) -> 
     if table is None or not len(table):
         return None
     groups = [(label, sub["weight_distance_l2"].to_numpy(dtype=float)) for label, sub in table.groupby("label", sort=False)]
-    groups = [(label, d[np.isfinite(d)]) for label, d in groups]
-    groups = [(label, d) for label, d in groups if len(d)]
-    if not groups:
-        return None
-    fig = Figure(figsize=(max(6.0, 1.2 * len(groups) + 3), 4.5), layout="constrained")
-    ax = fig.subplots()
-    ax.boxplot([d for _, d in groups], showfliers=True)
-    ax.set_xticks(range(1, len(groups) + 1), [f"{label}\n(n={len(d)})" for label, d in groups], fontsize=7)
-    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set_ylabel("weight-space distance ‖Δθ‖₂")
-    ax.set_title(f"boundary-based self-influence: {title}", fontsize=10)
-    return fig
+    return run_boxes(groups, "weight-space distance ‖Δθ‖₂", f"boundary-based self-influence: {title}", reference=0.0)

@@ -62,3 +62,17 @@ def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabe
 def test_bad_settings_give_one_clear_line(mislabel_run, override, message):
     with pytest.raises(BoundaryError, match=message):
         mislabel_run("bad", override)
+
+
+def test_the_sweep_figure_draws_one_line_per_method_and_rate():
+    from boundary_cli.experiments.mislabel import mislabel_comparison
+
+    grid = np.linspace(0, 1, 11)
+    parts = [pd.DataFrame(dict(method=m, noise_rate=r, fraction_inspected=grid, fraction_found=np.sqrt(grid),
+                               run=f"{r}/{seed}"))
+             for m in ("loss", "weights_prediction") for r in (0.1, 0.2) for seed in (0, 1)]
+    fig = mislabel_comparison({"mislabel_curves": pd.concat(parts, ignore_index=True)}, "t")
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["loss (noise 0.1)", "loss (noise 0.2)", "weights_prediction (noise 0.1)",
+                      "weights_prediction (noise 0.2)", "chance"]
+    assert mislabel_comparison({}, "t") is None

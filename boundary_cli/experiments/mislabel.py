@@ -115,7 +115,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for m, s in scores.items():
         curve = detection_curve(s, noisy)
         at = np.interp(grid, np.arange(1, n + 1) / n, curve, left=0.0)
-        curves.append(pd.DataFrame(dict(method=m, fraction_inspected=grid, fraction_found=at)))
+        curves.append(pd.DataFrame(dict(method=m, noise_rate=rate, fraction_inspected=grid, fraction_found=at)))
         rows.append(dict(method=m, noise_rate=rate, realised_rate=realised, noise_seed=seed, n_points=n,
                          n_noisy=int(noisy.sum()), auroc=detection_auroc(s, noisy), detection_area=detection_area(s, noisy),
                          precision_at_noise=precision_at_noise(s, noisy), train_accuracy_given=train_acc_given,
@@ -142,10 +142,14 @@ def run(ctx: RunContext) -> ExperimentOutput:
 def detection_figure(curves: pd.DataFrame, title: str) -> Figure:
     """Mean detection curve per method (x: share of points inspected, most suspicious first; y: share
     of the mislabeled points found), with a band from the lowest to the highest run when the table
-    holds several runs (a ``run`` column), and the chance line."""
+    holds several runs (a ``run`` column), and the chance line. Runs of several noise rates get one
+    line per method and rate."""
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for method, part in curves.groupby("method", sort=False):
+    by_rate = "noise_rate" in curves.columns and curves["noise_rate"].nunique() > 1
+    keys = ["method", "noise_rate"] if by_rate else ["method"]
+    for key, part in curves.groupby(keys, sort=False):
+        method = f"{key[0]} (noise {key[1]:g})" if by_rate else (key[0] if isinstance(key, tuple) else key)
         runs = part.groupby("run") if "run" in part.columns else [(None, part)]
         ys = np.stack([g.sort_values("fraction_inspected")["fraction_found"].to_numpy() for _, g in runs])
         xs = np.sort(part["fraction_inspected"].unique())

@@ -76,3 +76,26 @@ def test_the_sweep_figure_draws_one_line_per_method_and_rate():
     assert labels == ["loss (noise 0.1)", "loss (noise 0.2)", "weights_prediction (noise 0.1)",
                       "weights_prediction (noise 0.2)", "chance"]
     assert mislabel_comparison({}, "t") is None
+
+
+def test_out_of_fold_probabilities_add_cleanlab_scores_of_models_that_never_saw_the_point(mislabel_run):
+    from boundary_cli.experiments.mislabel import fold_of
+
+    fold = fold_of(103, 4, 0)
+    counts = np.bincount(fold.numpy(), minlength=4)
+    assert counts.sum() == 103 and counts.max() - counts.min() <= 1
+    assert torch_equal(fold, fold_of(103, 4, 0)) and not torch_equal(fold, fold_of(103, 4, 1))
+    folder, info = mislabel_run("oof", "experiment.noise.rate=0.2", "experiment.cv_folds=3", "experiment.methods=[loss]")
+    summary = pd.read_csv(folder / "mislabel_summary.csv")
+    assert list(summary["method"]) == ["loss", "self_confidence_oof", "normalized_margin_oof"]
+    assert (summary["auroc"] > 0.6).all()
+    scores = pd.read_csv(folder / "mislabel_scores.csv").pivot(index="sample_index", columns="method", values="score")
+    assert not np.allclose(scores["self_confidence_oof"], -np.exp(-scores["loss"]))  # not the in-sample p(y)
+    with pytest.raises(BoundaryError, match="cv_folds"):
+        mislabel_run("bad_folds", "experiment.cv_folds=1")
+
+
+def torch_equal(a, b):
+    import torch
+
+    return bool(torch.equal(a, b))

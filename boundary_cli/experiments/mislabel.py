@@ -10,7 +10,10 @@ training point is ranked by each method, higher = more suspicious:
 * ``input_deepfool``: −(input-space DeepFool distance with influenciae's sample settings);
 * ``loss``: cross-entropy at the given label;
 * ``self_confidence``, ``normalized_margin``: cleanlab's label-quality scores (negated) from the
-  model's in-sample probabilities.
+  model's in-sample probabilities;
+* with ``experiment.cv_folds=k``, also ``self_confidence_oof`` and ``normalized_margin_oof``: the same
+  scores from out-of-fold probabilities (k models, each trained on the noisy labels without one
+  fold, predict that fold), as cleanlab recommends.
 
 Runs are the seeds of a ``-m seed=0,1,2`` sweep; ``boundary report`` merges them.
 """
@@ -18,6 +21,7 @@ Runs are the seeds of a ``-m seed=0,1,2`` sweep; ``boundary report`` merges them
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +41,7 @@ from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.weights_boundary import _names, weight_distances, weight_params
 from boundary_cli.geometry.deepfool import deepfool, sample_boundary_params
 from boundary_cli.training.evaluation import predict
+from boundary_cli.training.obtain import obtain_model
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,43 @@ def modifier(cfg: DictConfig) -> DataModifier:
     return label_noise(float(cfg.experiment.noise.rate), noise_seed(cfg))
 
 
+def fold_of(n: int, folds: int, seed: int) -> torch.Tensor:
+    """(n,) int64 fold of each training point: a seeded permutation cut into ``folds`` near-equal parts."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    fold = torch.empty(n, dtype=torch.long)
+    fold[order] = torch.arange(n) % folds
+    return fold
+
+
+def fold_modifier(noise: DataModifier, fold: int, folds: int, seed: int) -> DataModifier:
+    """The noisy training split without the points of ``fold`` (its own store key)."""
+    def apply(data):
+        noisy = noise.apply(data)
+        keep = fold_of(len(data.train_y), folds, seed) != fold
+        return replace(noisy, train_x=noisy.train_x[keep], train_y=noisy.train_y[keep])
+
+    return DataModifier(name="label_noise_cv_fold", params=dict(noise=noise.key(), fold=int(fold), folds=int(folds),
+                                                                seed=int(seed)), apply=apply)
+
+
+def out_of_fold_probs(ctx: RunContext, folds: int, seed: int) -> np.ndarray:
+    """(N, K) probabilities of every training point from the model trained without its fold."""
+    noise = modifier(ctx.cfg)
+    fold = fold_of(len(ctx.data.train_y), folds, seed)
+    probs = np.zeros((len(fold), ctx.data.num_classes), dtype=np.float32)
+    for f in range(folds):
+        model = obtain_model(ctx.cfg, ctx.data, ctx.device, ctx.progress, modifier=fold_modifier(noise, f, folds, seed)).model
+        held = (fold == f).nonzero().squeeze(1)
+        probs[held.numpy()] = predict(model, ctx.data.train_x[held], device=ctx.device).softmax(1).numpy()
+        log.info("cv fold %d of %d: %d held-out points predicted", f + 1, folds, len(held))
+    return probs
+
+
 def validate(cfg: DictConfig) -> None:
     e = cfg.experiment
+    k = e.get("cv_folds")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
+        raise BoundaryError(f"experiment.cv_folds must be null or an integer >= 2, got {k!r}")
     rate = e.noise.rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
         raise BoundaryError(f"experiment.noise.rate must be a number in (0, 1), got {rate!r}")
@@ -106,6 +146,10 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for m in ("self_confidence", "normalized_margin"):
         if m in methods:
             scores[m] = -_cleanlab(y.numpy(), probs, m)
+    if e.get("cv_folds") is not None:
+        oof = out_of_fold_probs(ctx, int(e.cv_folds), int(e.sample_seed))[idx.numpy()]
+        for m in ("self_confidence", "normalized_margin"):
+            scores[f"{m}_oof"] = -_cleanlab(y.numpy(), oof, m)
 
     n, realised = len(idx), float(noisy.mean())
     train_acc_given = float((pred == y).float().mean())

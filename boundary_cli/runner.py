@@ -90,7 +90,9 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     data = apply_variant(raw, variant)
     epochs = experiment.model_epochs(cfg)
     modifier = experiment.modifier(cfg)
-    obtained = [obtain_model(cfg, data, device, progress, epoch=e, modifier=modifier) for e in epochs]
+    need_aum = experiment.needs_aum(cfg)
+    obtained = [obtain_model(cfg, data, device, progress, epoch=e, modifier=modifier, need_aum=need_aum)
+                for e in epochs]
     model, provenance = obtained[0].model, obtained[0].provenance
     curve = next((o.curve for o in obtained if o.curve is not None), None)
     min_acc = cfg.training.get("min_accuracy")

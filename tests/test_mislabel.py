@@ -40,7 +40,7 @@ def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabe
     summary = pd.read_csv(folder / "mislabel_summary.csv")
     scores = pd.read_csv(folder / "mislabel_scores.csv")
     assert list(summary["method"]) == ["weights_prediction", "weights_label", "input_deepfool", "loss",
-                                       "self_confidence", "normalized_margin"]
+                                       "self_confidence", "normalized_margin", "aum"]
     per_point = scores[scores["method"] == "loss"]
     assert len(per_point) == 300 and (per_point["noisy"] == (per_point["label_given"] != per_point["label_true"])).all()
     p = per_point["noisy"].mean()
@@ -48,7 +48,10 @@ def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabe
     # the reference's area and the AUROC agree through their closed-form relation (the loss has no ties)
     loss = summary[summary["method"] == "loss"].iloc[0]
     assert loss["detection_area"] == pytest.approx((1 - p) * loss["auroc"] + p / 2 + 1 / (2 * 300), abs=1e-9)
-    assert (summary["auroc"] > 0.6).all()  # every signal beats chance on 20% noise
+    auroc = summary.set_index("method")["auroc"]
+    # every signal beats chance on 20% noise (the null AUROC's standard deviation is ~0.04 here); this
+    # 3-epoch model does not memorise the noise, so the label-reading scores find almost every noisy point
+    assert (auroc > 0.55).all() and (auroc[["loss", "self_confidence", "normalized_margin", "aum"]] > 0.9).all()
     curves = pd.read_csv(folder / "mislabel_curves.csv")
     last = curves.groupby("method")["fraction_found"].last()
     assert np.allclose(last, 1.0) and (folder / "detection.png").exists()
@@ -62,6 +65,16 @@ def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabe
 def test_bad_settings_give_one_clear_line(mislabel_run, override, message):
     with pytest.raises(BoundaryError, match=message):
         mislabel_run("bad", override)
+
+
+def test_labels_drawn_anew_every_epoch_train_a_model_of_their_own(mislabel_run):
+    folder, info = mislabel_run("redraw", "experiment.noise.rate=0.2", "experiment.noise.redraw_each_epoch=true",
+                                "experiment.methods=[loss,aum]")
+    assert info["model"]["modifier"]["params"] == {"rate": 0.2, "seed": 0, "redraw_each_epoch": True}
+    assert info["noise"]["redraw_each_epoch"] is True and info["model"]["source"] == "trained"
+    summary = pd.read_csv(folder / "mislabel_summary.csv").set_index("method")
+    # a wrong class that changes every epoch is harder to memorise: the loss still finds the noisy points
+    assert summary.loc["loss", "auroc"] > 0.6 and summary.loc["aum", "auroc"] > 0.6
 
 
 def test_the_sweep_figure_draws_one_line_per_method_and_rate():

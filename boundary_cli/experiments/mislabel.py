@@ -11,6 +11,9 @@ training point is ranked by each method, higher = more suspicious:
 * ``loss``: cross-entropy at the given label;
 * ``self_confidence``, ``normalized_margin``: cleanlab's label-quality scores (negated) from the
   model's in-sample probabilities;
+* ``aum``: −(area under the margin, Pleiss et al. 2020): the mean over training of the margin at the
+  given label, recorded by the training loop and kept with the weights (see
+  :mod:`boundary_cli.training.aum`);
 * with ``experiment.cv_folds=k``, also ``self_confidence_oof`` and ``normalized_margin_oof``: the same
   scores from out-of-fold probabilities (k models, each trained on the noisy labels without one
   fold, predict that fold), as cleanlab recommends.
@@ -45,7 +48,8 @@ from boundary_cli.training.obtain import obtain_model
 
 log = logging.getLogger(__name__)
 
-METHODS = ("weights_prediction", "weights_label", "input_deepfool", "loss", "self_confidence", "normalized_margin")
+METHODS = ("weights_prediction", "weights_label", "input_deepfool", "loss", "self_confidence", "normalized_margin",
+           "aum")
 CURVE_POINTS = 101  # the detection curve is stored at these fractions inspected
 
 
@@ -55,7 +59,28 @@ def noise_seed(cfg: DictConfig) -> int:
 
 
 def modifier(cfg: DictConfig) -> DataModifier:
-    return label_noise(float(cfg.experiment.noise.rate), noise_seed(cfg))
+    noise = cfg.experiment.noise
+    return label_noise(float(noise.rate), noise_seed(cfg), bool(noise.get("redraw_each_epoch", False)))
+
+
+def needs_aum(cfg: DictConfig) -> bool:
+    return "aum" in cfg.experiment.methods
+
+
+def aum_scores(provenance: dict, given: torch.Tensor) -> np.ndarray:
+    """−AUM (N,) of every training point, from the training margins stored with the model; ``given``
+    (N,) are the labels the experiment scores against, which must be those the margins were taken at."""
+    from boundary_cli.training.aum import area_under_margin
+
+    path = provenance.get("aum")
+    if not path:
+        raise BoundaryError("the area under the margin needs the training margins kept with the model, and "
+                            f"this model ({provenance.get('source')}) has none; leave model.checkpoint unset")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not torch.equal(state["labels"], given.cpu().long()):
+        raise BoundaryError(f"the training margins in {path} were taken at other labels than the noisy ones "
+                            f"scored here; delete that file to train again")
+    return -area_under_margin(state).numpy()
 
 
 def fold_of(n: int, folds: int, seed: int) -> torch.Tensor:
@@ -146,6 +171,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for m in ("self_confidence", "normalized_margin"):
         if m in methods:
             scores[m] = -_cleanlab(y.numpy(), probs, m)
+    if "aum" in methods:
+        scores["aum"] = aum_scores(ctx.snapshots[None][1], given)[idx.numpy()]
     if e.get("cv_folds") is not None:
         oof = out_of_fold_probs(ctx, int(e.cv_folds), int(e.sample_seed))[idx.numpy()]
         for m in ("self_confidence", "normalized_margin"):
@@ -177,7 +204,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
         log.info("%-20s AUROC %.3f  area %.3f  precision@noise %.3f", r["method"], r["auroc"], r["detection_area"],
                  r["precision_at_noise"])
     figures = {"detection": detection_figure(curve_table, ctx.title(f"noise {rate:g} (realised {realised:.3f})"))}
-    stats = dict(noise=dict(rate=rate, seed=seed, realised_rate=realised, n_noisy=int(noisy.sum())), n_points=n,
+    stats = dict(noise=dict(rate=rate, seed=seed, realised_rate=realised, n_noisy=int(noisy.sum()),
+                            redraw_each_epoch=bool(e.noise.get("redraw_each_epoch", False))), n_points=n,
                  methods=list(scores), train_accuracy_given=train_acc_given, test_accuracy_measured=test_acc)
     return ExperimentOutput(tables={"mislabel_summary": summary, "mislabel_curves": curve_table,
                                     "mislabel_scores": point_table}, figures=figures, stats=stats)
@@ -218,4 +246,5 @@ def mislabel_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure |
 
 EXPERIMENT = Experiment(name="mislabel", validate=validate, run=run,
                         tables=("mislabel_summary", "mislabel_curves", "mislabel_scores"), figures=("detection",),
-                        compare=mislabel_comparison, compare_name="detection", modifier=modifier)
+                        compare=mislabel_comparison, compare_name="detection", modifier=modifier,
+                        needs_aum=needs_aum)

@@ -49,6 +49,8 @@ class Experiment:
         compare_name: file name (without .png) of that figure inside ``report/<name>/``.
         modifier: the change to the training data the experiment's model is trained on (label noise,
             ...), or None for the data as configured; the runner obtains ``ctx.model`` with it.
+        needs_aum: whether the run reads the training margins kept with the model (the area under
+            the margin); a stored model without them is then trained again.
     """
 
     name: str
@@ -62,3 +64,4 @@ class Experiment:
     compare: Comparison | None = None
     compare_name: str = "comparison"
     modifier: Callable[[DictConfig], DataModifier | None] = lambda cfg: None
+    needs_aum: Callable[[DictConfig], bool] = lambda cfg: False

@@ -11,7 +11,7 @@ from torch import nn
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
-from boundary_cli.training.loop import EpochHook, fit_epochs
+from boundary_cli.training.loop import EpochHook, LoopHooks, fit_epochs
 
 
 @dataclass
@@ -37,10 +37,11 @@ class AdamRecipe:
         self.betas = betas
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
-            progress: bool | None = None, on_epoch: EpochHook | None = None) -> pd.DataFrame:
+            progress: bool | None = None, on_epoch: EpochHook | None = None,
+            hooks: LoopHooks | None = None) -> pd.DataFrame:
         """Train ``model`` (already on ``device``) on data.train_x (N, C, H, W) / data.train_y (N,);
         evaluate on the test set after every epoch and then call ``on_epoch(epoch, model, optimizer)``
-        when given (see :func:`~boundary_cli.training.loop.fit_epochs`).
+        when given, with the caller's ``hooks`` (see :func:`~boundary_cli.training.loop.fit_epochs`).
 
         Returns the training curve, one row per epoch: epoch, lr, train_loss, train_accuracy,
         test_loss, test_accuracy, seconds.
@@ -48,4 +49,4 @@ class AdamRecipe:
         opt = torch.optim.Adam(model.parameters(), lr=self.lr, betas=self.betas, eps=self.eps,
                                weight_decay=self.weight_decay)
         return fit_epochs(model, data, opt, epochs=self.epochs, batch_size=self.batch_size, seed=seed,
-                          device=device, progress=progress, shuffle=self.shuffle, on_epoch=on_epoch)
+                          device=device, progress=progress, shuffle=self.shuffle, on_epoch=on_epoch, hooks=hooks)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
-from boundary_cli.training.loop import EpochHook, fit_epochs
+from boundary_cli.training.loop import EpochHook, LoopHooks, fit_epochs
 
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation draws from seed + this, apart from the loop's shuffling
 
@@ -120,10 +120,11 @@ class LcrAdam:
         return [dict(params=kernels, weight_decay=self.weight_decay), dict(params=rest, weight_decay=0.0)]
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
-            progress: bool | None = None, on_epoch: EpochHook | None = None) -> pd.DataFrame:
+            progress: bool | None = None, on_epoch: EpochHook | None = None,
+            hooks: LoopHooks | None = None) -> pd.DataFrame:
         """Train ``model`` (already on ``device``) on data.train_x (N, C, H, W) / data.train_y (N,);
         evaluate on the test set after every epoch and then call ``on_epoch(epoch, model, optimizer)``
-        when given (see :func:`~boundary_cli.training.loop.fit_epochs`; train loss and accuracy are those of the
+        when given, with the caller's ``hooks`` (see :func:`~boundary_cli.training.loop.fit_epochs`; train loss and accuracy are those of the
         augmented batches, as Keras reports them).
 
         Returns the training curve, one row per epoch: epoch, lr, train_loss, train_accuracy,
@@ -133,7 +134,7 @@ class LcrAdam:
         # t in (e - 1, e] during 1-based epoch e, so ceil(t) is the epoch of the step
         return fit_epochs(model, data, opt, epochs=self.epochs, batch_size=self.batch_size, seed=seed,
                           device=device, progress=progress, lr_at=lambda t: self.lr_of_epoch(math.ceil(t)),
-                          shuffle=self.shuffle, on_epoch=on_epoch, perturb=self.perturbation(data, seed, device))
+                          shuffle=self.shuffle, on_epoch=on_epoch, hooks=hooks, perturb=self.perturbation(data, seed, device))
 
     def perturbation(self, data: ImageData, seed: int, device: torch.device
                      ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:

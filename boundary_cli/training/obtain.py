@@ -38,7 +38,9 @@ from boundary_cli.models.build import build_network, normalization_spec
 from boundary_cli.models.checkpoint import load_weights
 from boundary_cli.models.normalize import Classifier, Normalize
 from boundary_cli.settings import cfg_path, instantiate_node, lock_timeout
+from boundary_cli.training.aum import MarginRecorder
 from boundary_cli.training.evaluation import evaluate
+from boundary_cli.training.loop import LoopHooks
 from boundary_cli.training.optimizer_state import named_optimizer_state
 from boundary_cli.training.store import CheckpointStore
 
@@ -153,7 +155,8 @@ def test_accuracy(model: nn.Module, data: ImageData, device: torch.device) -> fl
 
 
 def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progress: bool | None = None,
-                 epoch: int | None = None, modifier: DataModifier | None = None) -> ObtainedModel:
+                 epoch: int | None = None, modifier: DataModifier | None = None,
+                 need_aum: bool = False) -> ObtainedModel:
     """The model in eval mode on ``device``: from ``model.checkpoint`` (or published weights), from the
     store, or trained now on ``modifier.apply(data)`` (``data`` without a modifier) and stored, with a
     snapshot at every epoch of ``training.save_epochs``.
@@ -161,8 +164,11 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     ``epoch`` asks for the weights after that many epochs of the configured run (None: the final
     ones). With ``training.save_optimizer`` the optimizer's state is kept beside every stored set of
     weights (snapshots included; a stored entry without it is trained again) and the provenance's
-    ``optimizer_state`` names its file. While one job trains a key, other jobs that need it wait for it
-    (at most ``cache.lock_timeout`` seconds) and then load it.
+    ``optimizer_state`` names its file. Training records every sample's training margins (see
+    :mod:`boundary_cli.training.aum`; with a modifier that draws labels anew per epoch, the loop trains
+    on those) and keeps them with the weights; the provenance's ``aum`` names that file. ``need_aum``:
+    a stored entry without it (trained before it was kept) is trained again. While one job trains a
+    key, other jobs that need it wait for it (at most ``cache.lock_timeout`` seconds) and then load it.
     """
     if cfg.model.checkpoint or bool(cfg.model.arch.get("pretrained", False)):
         if modifier is not None:
@@ -180,14 +186,17 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     identity = weights_identity(cfg, train_data, modifier)
     store = CheckpointStore(cfg_path(cfg, "cache_dir") / "checkpoints", lock_timeout=lock_timeout(cfg))
     extra = dict(modifier=modifier.key()) if modifier is not None else {}
-    found = _from_store(cfg, train_data, device, store, identity, epoch, final, extra)
+    found = _from_store(cfg, train_data, device, store, identity, epoch, final, extra, need_aum)
     if found is not None:
         return found
     with store.locked(identity):
-        found = _from_store(cfg, train_data, device, store, identity, epoch, final, extra)  # trained while waiting?
+        found = _from_store(cfg, train_data, device, store, identity, epoch, final, extra, need_aum)  # trained while waiting?
         if found is not None:
             return found
-        return _train_and_store(cfg, train_data, device, store, identity, epoch, final, snapshots, progress, extra)
+        hooks = LoopHooks(labels_at=(lambda e: modifier.labels_at(data, e))
+                          if modifier is not None and modifier.labels_at is not None else None)
+        return _train_and_store(cfg, train_data, device, store, identity, epoch, final, snapshots, progress, extra,
+                                hooks)
 
 
 def _from_checkpoint(cfg: DictConfig, data: ImageData, device: torch.device, epoch: int | None) -> ObtainedModel:
@@ -208,9 +217,11 @@ def _from_checkpoint(cfg: DictConfig, data: ImageData, device: torch.device, epo
 
 
 def _from_store(cfg: DictConfig, data: ImageData, device: torch.device, store: CheckpointStore,
-                identity: dict[str, Any], epoch: int, final: int, extra: dict[str, Any]) -> ObtainedModel | None:
+                identity: dict[str, Any], epoch: int, final: int, extra: dict[str, Any],
+                need_aum: bool = False) -> ObtainedModel | None:
     """The stored weights after ``epoch`` epochs of the run ``identity``, or None when there are none
-    that fit (or, with training.save_optimizer, none with their optimizer state)."""
+    that fit (or, with training.save_optimizer, none with their optimizer state; with ``need_aum``,
+    none with their training margins)."""
     wanted = _snapshot_identity(identity, epoch, final)
     stored = store.load(wanted)
     if stored is None:
@@ -218,6 +229,10 @@ def _from_store(cfg: DictConfig, data: ImageData, device: torch.device, store: C
     if bool(cfg.training.get("save_optimizer", False)) and stored.optimizer_path is None:
         log.info("stored checkpoint %s has no optimizer state (training.save_optimizer=true); training again",
                  stored.path)
+        return None
+    if need_aum and stored.aum_path is None:
+        log.info("stored checkpoint %s has no training margins (needed for the area under the margin); "
+                 "training again", stored.path)
         return None
     model = build_model(cfg, data)
     try:
@@ -228,15 +243,16 @@ def _from_store(cfg: DictConfig, data: ImageData, device: torch.device, store: C
     log.info("model: %s (cached, epoch %d, test accuracy %.4f)", stored.path, epoch, stored.meta["test_accuracy"])
     provenance = dict(source="store", path=str(stored.path), key=store.key(wanted), epoch=epoch,
                       test_accuracy=stored.meta["test_accuracy"],
-                      optimizer_state=str(stored.optimizer_path) if stored.optimizer_path else None, **extra)
+                      optimizer_state=str(stored.optimizer_path) if stored.optimizer_path else None,
+                      aum=str(stored.aum_path) if stored.aum_path else None, **extra)
     return ObtainedModel(model.to(device).eval(), provenance, stored.curve)
 
 
 def _train_and_store(cfg: DictConfig, data: ImageData, device: torch.device, store: CheckpointStore,
                      identity: dict[str, Any], epoch: int, final: int, snapshots: list[int],
-                     progress: bool | None, extra: dict[str, Any]) -> ObtainedModel:
-    """Train the run ``identity`` on ``data``, store its final weights and every snapshot epoch, and
-    return the weights after ``epoch`` epochs."""
+                     progress: bool | None, extra: dict[str, Any], hooks: LoopHooks | None = None) -> ObtainedModel:
+    """Train the run ``identity`` on ``data`` (with ``hooks.labels_at`` when given), store its final
+    weights, training margins and every snapshot epoch, and return the weights after ``epoch`` epochs."""
     keep_optimizer = bool(cfg.training.get("save_optimizer", False))
     recipe = instantiate_node(cfg.training.recipe, f"training recipe {cfg.training.name}")
     seed_everything(int(cfg.seed))
@@ -255,16 +271,19 @@ def _train_and_store(cfg: DictConfig, data: ImageData, device: torch.device, sto
             _, acc = evaluate(trained, data.test_x, data.test_y, device=device)
             sd = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
             store.save(_snapshot_identity(identity, done, final), sd,
-                       dict(test_accuracy=acc, epoch=done, trained_on=str(device)), None, state)
+                       dict(test_accuracy=acc, epoch=done, trained_on=str(device)), None, state, margins.state())
             kept[done] = (sd, acc)
             log.info("model: kept the weights of epoch %d (test accuracy %.4f)", done, acc)
 
-    curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress, on_epoch=keep_snapshot)
+    margins = MarginRecorder(data.train_y)
+    hooks = LoopHooks(on_batch=margins, labels_at=hooks.labels_at if hooks is not None else None)
+    curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress, on_epoch=keep_snapshot,
+                       hooks=hooks)
     seconds = time.perf_counter() - start
     acc = float(curve["test_accuracy"].iloc[-1])
     path = store.save(identity, model.state_dict(), dict(test_accuracy=acc, train_seconds=round(seconds, 2),
                                                          epoch=final, trained_on=str(device)), curve,
-                      final_optimizer or None)
+                      final_optimizer or None, margins.state())
     log.info("model: trained in %.1f s, test accuracy %.4f, stored at %s", seconds, acc, path)
     wanted = _snapshot_identity(identity, epoch, final)
     if epoch != final:
@@ -274,5 +293,6 @@ def _train_and_store(cfg: DictConfig, data: ImageData, device: torch.device, sto
     optimizer_path = path.with_suffix(".optim.pt") if keep_optimizer else None
     provenance = dict(source="trained", path=str(path), key=store.key(wanted), epoch=epoch, test_accuracy=acc,
                       train_seconds=round(seconds, 2),
-                      optimizer_state=str(optimizer_path) if optimizer_path else None, **extra)
+                      optimizer_state=str(optimizer_path) if optimizer_path else None,
+                      aum=str(path.with_suffix(".aum.pt")), **extra)
     return ObtainedModel(model.eval(), provenance, curve)

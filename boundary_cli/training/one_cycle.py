@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from boundary_cli.data.images import ImageData
-from boundary_cli.training.loop import EpochHook, fit_epochs
+from boundary_cli.training.loop import EpochHook, LoopHooks, fit_epochs
 
 
 @dataclass
@@ -39,10 +39,11 @@ class OneCycleSGD:
         return float(np.interp(t, [0, peak, self.epochs], [0, self.lr_max, 0]))
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
-            progress: bool | None = None, on_epoch: EpochHook | None = None) -> pd.DataFrame:
+            progress: bool | None = None, on_epoch: EpochHook | None = None,
+            hooks: LoopHooks | None = None) -> pd.DataFrame:
         """Train ``model`` (already on ``device``) on data.train_x (N, C, H, W) / data.train_y (N,),
         reshuffled every epoch from ``seed``; evaluate on the test set after every epoch and then call
-        ``on_epoch(epoch, model, optimizer)`` when given (see
+        ``on_epoch(epoch, model, optimizer)`` when given, with the caller's ``hooks`` (see
         :func:`~boundary_cli.training.loop.fit_epochs`).
 
         Returns the training curve, one row per epoch: epoch, lr, train_loss, train_accuracy,
@@ -52,7 +53,7 @@ class OneCycleSGD:
                               weight_decay=self.weight_decay)
         return fit_epochs(model, data, opt, epochs=self.epochs, batch_size=self.batch_size, seed=seed,
                           device=device, progress=progress, lr_at=self.lr_at, grad_clip=self.grad_clip,
-                          shuffle=True, on_epoch=on_epoch, perturb=self.perturbation(data, seed, device))
+                          shuffle=True, on_epoch=on_epoch, hooks=hooks, perturb=self.perturbation(data, seed, device))
 
     def perturbation(self, data: ImageData, seed: int, device: torch.device
                      ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:

@@ -5,8 +5,9 @@ seed; never paths, devices or anything about the experiment, so every experiment
 directory shares one trained model per configuration. Each entry is ``<key>.pt`` (the state dict),
 ``<key>.json`` (the identity it was made from, test accuracy, provenance) and ``<key>.csv`` (the
 per-epoch training curve), and for recipes that keep it ``<key>.optim.pt`` (the optimizer's state by
-parameter name, see :mod:`boundary_cli.training.optimizer_state`), written atomically so parallel
-jobs may race safely.
+parameter name, see :mod:`boundary_cli.training.optimizer_state`) and, for models trained here,
+``<key>.aum.pt`` (the training margins of every sample, see :mod:`boundary_cli.training.aum`), written
+atomically so parallel jobs may race safely.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StoredModel:
     curve: pd.DataFrame | None
     path: Path
     optimizer_path: Path | None = None  # the optimizer state kept with the weights, when there is one
+    aum_path: Path | None = None  # the training margins kept with the weights, when there are some
 
 
 class CheckpointStore:
@@ -78,13 +80,16 @@ class CheckpointStore:
         except Exception as exc:  # a damaged entry is retrained, not fatal
             log.warning("ignoring unreadable checkpoint %s (%s); training again", pt, exc)
             return None
-        csv, optim = stem.with_suffix(".csv"), stem.with_suffix(".optim.pt")
+        csv, optim, aum = stem.with_suffix(".csv"), stem.with_suffix(".optim.pt"), stem.with_suffix(".aum.pt")
         curve = pd.read_csv(csv) if csv.exists() else None
-        return StoredModel(sd, info, curve, pt, optim if optim.exists() else None)
+        return StoredModel(sd, info, curve, pt, optim if optim.exists() else None, aum if aum.exists() else None)
 
     def save(self, identity: dict[str, Any], state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
-             curve: pd.DataFrame | None, optimizer_state: dict[str, Any] | None = None) -> Path:
+             curve: pd.DataFrame | None, optimizer_state: dict[str, Any] | None = None,
+             aum_state: dict[str, Any] | None = None) -> Path:
         stem = self._stem(identity)
+        if aum_state is not None:
+            write_torch(stem.with_suffix(".aum.pt"), aum_state)
         if curve is not None:
             write_csv(stem.with_suffix(".csv"), curve)
         if optimizer_state is not None:

@@ -53,6 +53,15 @@ def draw_shift_flip(batch: int, image_size: tuple[int, int], max_shift: float, f
     return shifts, flips if flip else torch.zeros_like(flips)
 
 
+def conv_kernel_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups for Keras' L2 on convolution kernels only: [the kernels of every
+    ``nn.Conv2d`` with ``weight_decay``, every other trainable parameter with 0]."""
+    kernels = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    chosen = {id(p) for p in kernels}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    return [dict(params=kernels, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)]
+
+
 @dataclass
 class LcrAdam:
     """Adam (``lr``, ``betas``, ``eps``; Keras' defaults), cross-entropy, batches reshuffled every epoch.
@@ -114,10 +123,7 @@ class LcrAdam:
 
     def parameter_groups(self, model: nn.Module) -> list[dict]:
         """[conv kernels with ``weight_decay``, every other trainable parameter with 0]."""
-        kernels = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
-        chosen = {id(p) for p in kernels}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
-        return [dict(params=kernels, weight_decay=self.weight_decay), dict(params=rest, weight_decay=0.0)]
+        return conv_kernel_groups(model, self.weight_decay)
 
     def fit(self, model: nn.Module, data: ImageData, *, seed: int, device: torch.device,
             progress: bool | None = None, on_epoch: EpochHook | None = None,

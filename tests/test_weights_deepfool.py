@@ -108,3 +108,18 @@ def test_toward_a_class_the_model_disagrees_with_is_the_closed_form_for_two_clas
     torch.testing.assert_close(res.distance, -exact, rtol=1e-4, atol=1e-7)
     assert (res.iterations == 1).all()
     assert all(STOPS[c] in ("eps_gap", "flip") for c in res.stopped_by.tolist())
+
+
+def test_rows_from_a_memory_budget_grow_with_it_and_shrink_with_the_parameters():
+    from boundary_cli.geometry.weights_deepfool import weight_rows_for_budget
+
+    model = small_cnn(channels=1, n_classes=10).eval()
+    example = torch.rand(1, 1, 8, 8)
+    p = sum(t.numel() for t in model.parameters())
+    small, big = (weight_rows_for_budget(model, example, p, 10, b, max_rows=10**6) for b in (2**26, 2**30))
+    assert 1 <= small < big
+    # each of the 9 candidate gradients alone takes 4 bytes per parameter: the count can never exceed that bound
+    assert big <= 2**30 // (9 * 4 * p)
+    assert weight_rows_for_budget(model, example, p, 10, 2**30, max_rows=7) == 7
+    assert weight_rows_for_budget(model, example, p, 10, 1) == 1
+    assert weight_rows_for_budget(model, example, p, 2, 2**30, max_rows=10**6) > big  # one candidate VJP, not nine

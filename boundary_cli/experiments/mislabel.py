@@ -129,7 +129,8 @@ def validate(cfg: DictConfig) -> None:
     if e.n_points != "all":
         positive_int(e.n_points, "experiment.n_points (or 'all')")
     positive_int(e.chunk_size, "experiment.chunk_size")
-    positive_int(e.batch_rows, "experiment.batch_rows")
+    if e.batch_rows != "auto":
+        positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
     weight_params(e)
 
 
@@ -158,7 +159,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for against, method in (("prediction", "weights_prediction"), ("label", "weights_label")):
         if method in methods:
             _, cat = weight_distances(ctx, data.train_x, given, idx, int(e.chunk_size), params, names, against,
-                                      int(e.batch_rows), desc=f"weights ({against})")
+                                      e.batch_rows, desc=f"weights ({against})")
             scores[method] = -cat["distance"]
     if "input_deepfool" in methods:
         sp = sample_boundary_params(max_iter=int(e.input.max_iter), eps=float(e.input.eps),

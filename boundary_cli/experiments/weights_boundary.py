@@ -31,6 +31,7 @@ from boundary_cli.geometry.weights_deepfool import (
     last_layer_distance,
     parameter_names,
     weight_deepfool,
+    weight_rows_for_budget,
 )
 from boundary_cli.reporting.comparison import weights_boundary_comparison
 
@@ -47,7 +48,8 @@ def validate(cfg: DictConfig) -> None:
     if e.n_samples != "all":
         positive_int(e.n_samples, "experiment.n_samples (or 'all')")
     positive_int(e.chunk_size, "experiment.chunk_size")
-    positive_int(e.batch_rows, "experiment.batch_rows")
+    if e.batch_rows != "auto":
+        positive_int(e.batch_rows, "experiment.batch_rows (or 'auto')")
     w = e.weights
     if w.against not in ("prediction", "label"):
         raise BoundaryError(f"experiment.weights.against must be prediction or label, got {w.against!r}")
@@ -96,12 +98,20 @@ WEIGHT_KEYS = ("distance", "iterations", "stopped_by", "adv_label", "prediction"
 
 
 def weight_distances(ctx: RunContext, x_all: Tensor, y_all: Tensor, idx: Tensor, chunk_size: int,
-                     params: WeightDeepFoolParams, names: list[str], against: str, batch_rows: int,
+                     params: WeightDeepFoolParams, names: list[str], against: str, batch_rows: int | str,
                      desc: str = "weight-space DeepFool"):
     """Weight-space distances of the points ``idx`` of (x_all, y_all) under ``ctx.model``, chunked and
     cached: signed against ``against`` (prediction or label), the closed form on a last linear layer
-    for rows moving away. Returns (ChunkRun, {WEIGHT_KEYS: (len(idx),) arrays} or None when empty)."""
+    for rows moving away; ``batch_rows`` ``auto``: as many rows as ``ctx.memory_budget`` holds (see
+    :func:`~boundary_cli.geometry.weights_deepfool.weight_rows_for_budget`). Returns (ChunkRun,
+    {WEIGHT_KEYS: (len(idx),) arrays} or None when empty)."""
     head = _last_linear(ctx.model, names)
+    if batch_rows == "auto":
+        n_params = sum(dict(ctx.model.named_parameters())[n].numel() for n in names)
+        kc = params.candidates or ctx.data.num_classes
+        batch_rows = weight_rows_for_budget(ctx.model, x_all[:1].to(ctx.device), n_params, kc, ctx.memory_budget)
+        log.info("%s: %d rows per batch (from a memory budget of %.1f GB)", desc, batch_rows, ctx.memory_budget / 2**30)
+    batch_rows = int(batch_rows)
 
     def load(chunk: Tensor) -> tuple[Tensor, Tensor]:
         return x_all[chunk].to(ctx.device), y_all[chunk].to(ctx.device)
@@ -162,7 +172,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     log.info("weights_boundary: %d %s points, %d parameters in %d tensors%s, against the %s", len(idx), e.split,
              n_params, len(names), " (closed form for rows moving away)" if head else "", against)
 
-    run_, cat = weight_distances(ctx, xs, ys, idx, int(e.chunk_size), params, names, against, int(e.batch_rows))
+    run_, cat = weight_distances(ctx, xs, ys, idx, int(e.chunk_size), params, names, against, e.batch_rows)
     n = len(idx)
     labels = ys[idx].numpy()
     table = pd.DataFrame({

@@ -79,6 +79,12 @@ def rows_for_budget(model: nn.Module, example: Tensor, buffers_per_row: int, bud
     ``buffers_per_row`` input-sized buffers per row (iterates, gradients, the copies made when
     rows join or leave). Returns a count in [1, ``max_rows``].
     """
+    per_row = saved_bytes_per_row(model, example) + buffers_per_row * example[0].numel() * example.element_size()
+    return int(max(1, min(max_rows, budget_bytes // per_row)))
+
+
+def saved_bytes_per_row(model: nn.Module, example: Tensor) -> float:
+    """Bytes autograd saves per sample in a forward of ``example`` (1, C, H, W) with input gradients."""
     saved = 0
 
     def pack(t: Tensor) -> Tensor:
@@ -89,5 +95,4 @@ def rows_for_budget(model: nn.Module, example: Tensor, buffers_per_row: int, bud
     x = example.repeat(2, *([1] * (example.ndim - 1))).requires_grad_(True)
     with input_gradients_only(model), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
-    per_row = saved / 2 + buffers_per_row * example[0].numel() * example.element_size()
-    return int(max(1, min(max_rows, budget_bytes // per_row)))
+    return saved / 2

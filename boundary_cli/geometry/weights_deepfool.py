@@ -250,6 +250,21 @@ def weight_deepfool(model: nn.Module, x: Tensor, params: WeightDeepFoolParams = 
     return WeightDeepFoolResult(distance, iterations, stopped, cand[:, 0].clone(), adv_label, n_fwd, n_bwd)
 
 
+def weight_rows_for_budget(model: nn.Module, example: Tensor, n_params: int, candidates: int, budget_bytes: int,
+                           max_rows: int = 256) -> int:
+    """How many rows of :func:`weight_deepfool` fit in ``budget_bytes``: per row, the K'−1 = ``candidates`` − 1
+    VJPs each keep the activations of one forward of ``example`` (1, C, H, W) and a gradient of the
+    ``n_params`` perturbed parameters plus one temporary of that size; the row's delta and the copies
+    made when rows join or leave add four more. Returns a count in [1, ``max_rows``] (on a CPU, more
+    rows than a few hundred only cost cache)."""
+    from boundary_cli.geometry.rows import saved_bytes_per_row
+
+    size = example.element_size()
+    k = max(1, candidates - 1)
+    per_row = k * (saved_bytes_per_row(model, example) + 2 * n_params * size) + 4 * n_params * size
+    return int(max(1, min(max_rows, budget_bytes // per_row)))
+
+
 def last_layer_distance(features: Tensor, weight: Tensor, bias: Tensor | None, reference: Tensor) -> Tensor:
     """Closed form of weight-space DeepFool on the last linear layer ``z = W h + b``.
 

@@ -29,6 +29,7 @@ def mislabel_run(tmp_path_factory):
         info = execute(cfg, root / name, progress=False)
         return root / name, info
 
+    run.root = root
     return run
 
 
@@ -61,10 +62,12 @@ def test_the_model_is_trained_on_noisy_labels_and_every_method_is_scored(mislabe
 @pytest.mark.parametrize("override, message", [
     ("experiment.noise.rate=0", "noise.rate"),
     ("experiment.methods=[magic]", "unknown experiment.methods"),
+    ("experiment.noise.rate=0.00001", "makes none of the 1297 training labels noisy"),  # rate x N = 0.013
 ])
 def test_bad_settings_give_one_clear_line(mislabel_run, override, message):
     with pytest.raises(BoundaryError, match=message):
         mislabel_run("bad", override)
+    assert not (mislabel_run.root / "bad" / "mislabel_summary.csv").exists()  # no results written
 
 
 def test_labels_drawn_anew_every_epoch_train_a_model_of_their_own(mislabel_run):

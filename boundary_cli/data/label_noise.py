@@ -17,6 +17,7 @@ from torch import Tensor
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.data.modifier import DataModifier
+from boundary_cli.errors import BoundaryError
 
 REDRAW_SEED_STRIDE = 100_003  # epoch e >= 2 draws its wrong classes from seed * stride + e
 
@@ -60,7 +61,10 @@ def label_noise(rate: float, seed: int, redraw_each_epoch: bool = False) -> Data
     """The modifier that gives the training split :func:`noisy_labels` (the test split stays clean);
     with ``redraw_each_epoch`` the loop trains on :func:`redrawn_labels` of each epoch (the key says so)."""
     def apply(data: ImageData) -> ImageData:
-        y, _ = noisy_labels(data.train_y, data.num_classes, rate, seed)
+        y, noisy = noisy_labels(data.train_y, data.num_classes, rate, seed)
+        if not noisy.any():  # before any training: a noisy model without noise would only waste the run
+            raise BoundaryError(f"label noise rate {rate:g} with seed {seed} makes none of the {len(y)} training "
+                                f"labels noisy (rate x N = {rate * len(y):.2f}); raise the rate or use more data")
         return replace(data, train_y=y)
 
     def labels_at(data: ImageData, epoch: int) -> Tensor:

@@ -3,8 +3,8 @@
 ``independent``: every point starts from the base weights (the reference's variant B). The points
 of a batch are trained at once as stacked copies of the parameters: the loss is the sum of each
 copy's loss on its own point, so each copy's gradient is its own point's gradient, and Adam acts
-elementwise, so one ``torch.optim.Adam`` over the stacked tensors is exactly an independent Adam per
-point. ``sequential``: one copy trained point after point without restoring (variant A, cumulative).
+elementwise, so one Adam over the stacked tensors is exactly an independent Adam per point (the
+Adam case of :class:`~boundary_cli.training.stacked_optimizer.StackedOptimizer`). ``sequential``: one copy trained point after point without restoring (variant A, cumulative).
 
 The Adam state each overfit starts from is the training run's (``adam_state``: moments and step
 count at the checkpoint, as the reference's ``Saver.restore`` gives), or zero when None (a fresh
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from boundary_cli.training.optimizer_state import adam_slots, seed_adam
+from boundary_cli.training.stacked_optimizer import StackedOptimizer
 
 
 class WithParams(nn.Module):
@@ -72,13 +73,18 @@ def overfit_independent(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 
             return F.cross_entropy(logits, yi.unsqueeze(0))
 
         losses = torch.func.vmap(one)
-        opt = _adam(list(stacked.values()), lr, betas, eps)
+        copies = x.shape[0]
+        opt = StackedOptimizer(copies, kinds="adam", lr=lr, betas=betas, eps=eps)
         if adam_state is not None:
-            seed_adam(opt, stacked, adam_slots(adam_state, dict(model.named_parameters())), copies=x.shape[0])
+            for name, slot in adam_slots(adam_state, dict(model.named_parameters())).items():
+                p = stacked[name]
+                m, v = (slot[k].to(p.device, p.dtype).unsqueeze(0).expand(copies, *p.shape[1:])
+                        for k in ("exp_avg", "exp_avg_sq"))
+                opt.load_adam(name, float(slot["step"]), m, v)
+        names = list(stacked)
         for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            losses(stacked, x, y).sum().backward()
-            opt.step()
+            grads = torch.autograd.grad(losses(stacked, x, y).sum(), [stacked[k] for k in names], allow_unused=True)
+            opt.step(stacked, dict(zip(names, grads)))
         return {k: v.detach() for k, v in stacked.items()}
     finally:
         model.train(was_training)

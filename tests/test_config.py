@@ -21,7 +21,8 @@ SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10"
          "image_folder": (3, 224)}
 FITS = {"small_cnn": {8, 28, 32, 224}, "flip_cnn": {8, 28, 32, 224}, "lenet": {28}, "resnet18": {8, 28, 32, 224},
         "resnet18_mnist": {8, 28, 32, 224}, "resnet20": {8, 28, 32, 224}, "vgg19": {32}, "densenet121": {32},
-        "resnet50": {32, 224}, "convnet_cifar": {8, 28, 32, 224}}
+        "resnet50": {32, 224}, "convnet_cifar": {8, 28, 32, 224},
+        "lenet5": {28}}
 
 
 def options(group: str) -> list[str]:
@@ -48,8 +49,8 @@ def fake_data(channels: int, size: int) -> ImageData:
 
 def test_groups_hold_the_promised_options():
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
-    assert options("model") == ["convnet_cifar", "densenet121", "flip_cnn", "lenet", "resnet18", "resnet18_mnist",
-                                "resnet20", "resnet50", "small_cnn", "vgg19"]
+    assert options("model") == ["convnet_cifar", "densenet121", "flip_cnn", "lenet", "lenet5", "resnet18",
+                                "resnet18_mnist", "resnet20", "resnet50", "small_cnn", "vgg19"]
     assert options("training") == ["adversarial", "flip_adam", "influenciae", "influenciae_overfit", "lcr_adam", "quick",
                                    "reference"]
     assert options("experiment") == sorted(EXPERIMENTS)

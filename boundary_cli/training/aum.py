@@ -29,13 +29,16 @@ class MarginRecorder:
     anew every epoch). Call it as the loop's ``on_batch(epoch, idx, logits)`` hook."""
 
     def __init__(self, labels: Tensor) -> None:
-        self.labels = labels.detach().cpu().long()
+        self.labels = labels.detach().long()
         self.margin_sum = torch.zeros(len(self.labels), dtype=torch.float64)
         self.count = torch.zeros(len(self.labels), dtype=torch.int64)
 
     def __call__(self, epoch: int, idx: Tensor, logits: Tensor) -> None:
-        idx = idx.cpu()
-        z = logits.detach().float().cpu()
+        dev = logits.device
+        if self.margin_sum.device != dev:  # the sums live where the logits are: no host sync per batch
+            self.labels, self.margin_sum, self.count = (t.to(dev) for t in (self.labels, self.margin_sum, self.count))
+        idx = idx.to(dev)
+        z = logits.detach().float()
         y = self.labels[idx].unsqueeze(1)
         assigned = z.gather(1, y).squeeze(1)
         other = z.scatter(1, y, float("-inf")).amax(1)
@@ -43,8 +46,10 @@ class MarginRecorder:
         self.count.index_add_(0, idx, torch.ones_like(idx))
 
     def state(self) -> dict[str, Any]:
-        """A copy of what is kept with the weights: margin_sum (N,) float64, count (N,) int64, labels (N,)."""
-        return dict(margin_sum=self.margin_sum.clone(), count=self.count.clone(), labels=self.labels.clone())
+        """A copy on the CPU of what is kept with the weights: margin_sum (N,) float64, count (N,) int64,
+        labels (N,)."""
+        return dict(margin_sum=self.margin_sum.cpu().clone(), count=self.count.cpu().clone(),
+                    labels=self.labels.cpu().clone())
 
 
 def area_under_margin(state: dict[str, Any]) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.errors import BoundaryError
-from boundary_cli.training.lcr_adam import AUGMENT_SEED_OFFSET, conv_kernel_groups, draw_shift_flip, shift_flip
+from boundary_cli.training.lcr_adam import conv_kernel_groups, shift_flip_perturbation
 from boundary_cli.training.loop import EpochHook, LoopHooks, fit_epochs
 
 OPTIMIZERS = ("adam", "sgd")
@@ -72,7 +72,7 @@ class InfluenciaeRecipe:
     (the reference monitored its test set's loss, which a benchmark must not train on).
 
     Augmentation (``shift`` > 0 or ``flip``): one transform per image from a CPU generator seeded with
-    ``seed + AUGMENT_SEED_OFFSET`` (see :func:`~boundary_cli.training.lcr_adam.draw_shift_flip`); the
+    ``seed`` (see :func:`~boundary_cli.training.lcr_adam.shift_flip_perturbation`); the
     reference flips before it translates, this after: with a symmetric shift distribution the two
     draw the same transforms. Not reproduced: the reference's shuffle buffer of 1,000 images (batches
     are drawn from a full reshuffle every epoch here) and Keras' eps placement in Adam.
@@ -155,12 +155,4 @@ class InfluenciaeRecipe:
 
     def perturbation(self, seed: int) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
         """The augmentation as what is added to each batch, ``shift_flip(x) - x`` (None when off)."""
-        if not self.shift and not self.flip:
-            return None
-        gen = torch.Generator().manual_seed(int(seed) + AUGMENT_SEED_OFFSET)
-
-        def perturb(_net: nn.Module, xb: Tensor, _yb: Tensor) -> Tensor:
-            shifts, flips = draw_shift_flip(xb.shape[0], xb.shape[-2:], self.shift, self.flip, gen)
-            return shift_flip(xb, shifts, flips) - xb
-
-        return perturb
+        return shift_flip_perturbation(self.shift, self.flip, seed)

@@ -53,6 +53,25 @@ def draw_shift_flip(batch: int, image_size: tuple[int, int], max_shift: float, f
     return shifts, flips if flip else torch.zeros_like(flips)
 
 
+def shift_flip_perturbation(shift: float, flip: bool, seed: int, center: Tensor | None = None
+                            ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
+    """Per-image random shift and flip as a training loop's ``perturb(model, xb, yb)``: what is added to
+    each batch, ``shift_flip(x - c) + c - x`` with ``c`` = ``center`` (C, H, W) or 0, the transforms
+    drawn from a CPU generator seeded with ``seed + AUGMENT_SEED_OFFSET`` (see :func:`draw_shift_flip`).
+    None when both are off."""
+    if not shift and not flip:
+        return None
+    gen = torch.Generator().manual_seed(int(seed) + AUGMENT_SEED_OFFSET)
+
+    def perturb(_net: nn.Module, xb: Tensor, _yb: Tensor) -> Tensor:
+        shifts, flips = draw_shift_flip(xb.shape[0], xb.shape[-2:], shift, flip, gen)
+        if center is None:
+            return shift_flip(xb, shifts, flips) - xb
+        return shift_flip(xb - center, shifts, flips) + center - xb
+
+    return perturb
+
+
 def conv_kernel_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups for Keras' L2 on convolution kernels only: [the kernels of every
     ``nn.Conv2d`` with ``weight_decay``, every other trainable parameter with 0]."""
@@ -145,13 +164,4 @@ class LcrAdam:
     def perturbation(self, data: ImageData, seed: int, device: torch.device
                      ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
         """The augmentation as what is added to each batch: ``shift_flip(x - m) + m - x`` (None when off)."""
-        if not self.shift and not self.flip:
-            return None
-        mean = data.train_x.mean(dim=0).to(device)
-        gen = torch.Generator().manual_seed(int(seed) + AUGMENT_SEED_OFFSET)
-
-        def perturb(_net: nn.Module, xb: Tensor, _yb: Tensor) -> Tensor:
-            shifts, flips = draw_shift_flip(xb.shape[0], xb.shape[-2:], self.shift, self.flip, gen)
-            return shift_flip(xb - mean, shifts, flips) + mean - xb
-
-        return perturb
+        return shift_flip_perturbation(self.shift, self.flip, seed, center=data.train_x.mean(dim=0).to(device))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,9 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
         found = _from_store(cfg, train_data, device, store, identity, epoch, final, extra, need_aum)  # trained while waiting?
         if found is not None:
             return found
-        hooks = LoopHooks(labels_at=(lambda e: modifier.labels_at(data, e))
-                          if modifier is not None and modifier.labels_at is not None else None)
+        labels_at = (lambda e: modifier.labels_at(data, e)) if modifier is not None and modifier.labels_at else None
         return _train_and_store(cfg, train_data, device, store, identity, epoch, final, snapshots, progress, extra,
-                                hooks)
+                                labels_at)
 
 
 def _from_checkpoint(cfg: DictConfig, data: ImageData, device: torch.device, epoch: int | None) -> ObtainedModel:
@@ -250,8 +250,9 @@ def _from_store(cfg: DictConfig, data: ImageData, device: torch.device, store: C
 
 def _train_and_store(cfg: DictConfig, data: ImageData, device: torch.device, store: CheckpointStore,
                      identity: dict[str, Any], epoch: int, final: int, snapshots: list[int],
-                     progress: bool | None, extra: dict[str, Any], hooks: LoopHooks | None = None) -> ObtainedModel:
-    """Train the run ``identity`` on ``data`` (with ``hooks.labels_at`` when given), store its final
+                     progress: bool | None, extra: dict[str, Any],
+                     labels_at: Callable[[int], Tensor] | None = None) -> ObtainedModel:
+    """Train the run ``identity`` on ``data`` (on ``labels_at(epoch)`` when given), store its final
     weights, training margins and every snapshot epoch, and return the weights after ``epoch`` epochs."""
     keep_optimizer = bool(cfg.training.get("save_optimizer", False))
     recipe = instantiate_node(cfg.training.recipe, f"training recipe {cfg.training.name}")
@@ -276,7 +277,7 @@ def _train_and_store(cfg: DictConfig, data: ImageData, device: torch.device, sto
             log.info("model: kept the weights of epoch %d (test accuracy %.4f)", done, acc)
 
     margins = MarginRecorder(data.train_y)
-    hooks = LoopHooks(on_batch=margins, labels_at=hooks.labels_at if hooks is not None else None)
+    hooks = LoopHooks(on_batch=margins, labels_at=labels_at)
     curve = recipe.fit(model, data, seed=int(cfg.seed), device=device, progress=progress, on_epoch=keep_snapshot,
                        hooks=hooks)
     seconds = time.perf_counter() - start

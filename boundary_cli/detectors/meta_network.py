@@ -65,31 +65,42 @@ class MetaNetwork(nn.Module):
         return y.squeeze(1) if self.task == "regression" else y
 
 
+def _parts(keys: np.ndarray, cuts: np.ndarray, rng: np.random.Generator) -> dict:
+    uniq = rng.permutation(np.unique(keys))
+    where = np.searchsorted(cuts * len(uniq), np.arange(len(uniq)), side="right")
+    return dict(zip(uniq.tolist(), where.tolist()))
+
+
+def model_image_parts(members: np.ndarray, images: np.ndarray, fractions: Sequence[float] = (0.64, 0.16, 0.2),
+                      seed: int = 0) -> tuple[dict, dict]:
+    """The strict split's parts: ``({member: part}, {image: part})``, part 0 = train, 1 = val, 2 = test,
+    the distinct members and the distinct images each cut in shares ``fractions`` after a seeded
+    shuffle. A pair belongs to a part only where its member's and its image's parts agree."""
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum(fractions)[:-1]
+    return _parts(np.asarray(members), cuts, rng), _parts(np.asarray(images), cuts, rng)
+
+
 def split_pairs(member: np.ndarray, sample: np.ndarray, by: str = "model", fractions: Sequence[float] = (0.64, 0.16, 0.2),
                 seed: int = 0) -> np.ndarray:
     """Assign every (member, sample) pair to ``train``, ``val``, ``test`` or ``""`` (dropped), as (N,)
     strings, with shares ``fractions``.
 
     ``by="pair"`` (the reference): pairs drawn at random, so one model and one image appear on both
-    sides. ``by="model"``: the members are split in those shares and so are the images, and a pair is
-    kept only where its member's and its image's part agree (members share the test set: holding out
-    members alone would still show the test images in training). Seeded.
+    sides. ``by="model"``: the members are split in those shares and so are the images
+    (:func:`model_image_parts`), and a pair is kept only where its member's and its image's part
+    agree (members share the test set: holding out members alone would still show the test images in
+    training). Seeded.
     """
     if by not in SPLITS:
         raise ValueError(f"unknown split {by!r}; valid: {', '.join(SPLITS)}")
-    rng = np.random.default_rng(seed)
     names = np.array(["train", "val", "test"])
-    cuts = np.cumsum(fractions)[:-1]
-
-    def parts(keys: np.ndarray) -> dict:
-        uniq = rng.permutation(np.unique(keys))
-        where = np.searchsorted(cuts * len(uniq), np.arange(len(uniq)), side="right")
-        return dict(zip(uniq.tolist(), where.tolist()))
-
     if by == "pair":
+        rng = np.random.default_rng(seed)
+        cuts = np.cumsum(fractions)[:-1]
         where = np.searchsorted(cuts * len(member), np.arange(len(member)), side="right")
         return names[rng.permutation(where)]
-    pm, ps = parts(member), parts(sample)
+    pm, ps = model_image_parts(member, sample, fractions, seed)
     a = np.array([pm[m] for m in member.tolist()])
     b = np.array([ps[s] for s in sample.tolist()])
     return np.where(a == b, names[a], "")

@@ -91,9 +91,10 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     epochs = experiment.model_epochs(cfg)
     modifier = experiment.modifier(cfg)
     need_aum = experiment.needs_aum(cfg)
-    obtained = [obtain_model(cfg, data, device, progress, epoch=e, modifier=modifier, need_aum=need_aum)
-                for e in epochs]
-    model, provenance = obtained[0].model, obtained[0].provenance
+    own = experiment.own_models(cfg) if experiment.own_models is not None else None
+    obtained = [] if own is not None else [
+        obtain_model(cfg, data, device, progress, epoch=e, modifier=modifier, need_aum=need_aum) for e in epochs]
+    model, provenance = (obtained[0].model, obtained[0].provenance) if obtained else (None, dict(test_accuracy=None))
     curve = next((o.curve for o in obtained if o.curve is not None), None)
     min_acc = cfg.training.get("min_accuracy")
     if min_acc is not None and provenance["test_accuracy"] is not None and provenance["test_accuracy"] < float(min_acc):
@@ -105,7 +106,9 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
                     training=("checkpoint" if cfg.model.checkpoint else "pretrained"
                               if cfg.model.arch.get("pretrained", False) else str(cfg.training.name)), seed=int(cfg.seed),
                     overrides=" ".join(overrides))
-    ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model),
+    if own is not None:
+        identity.update(own)
+    ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model) if model is not None else "",
                      device=device, identity=identity,
                      chunks=ChunkStore(cfg_path(cfg, "cache_dir") / "chunks", lock_timeout(cfg)),
                      memory_budget=memory_budget(device), progress=progress,

@@ -65,9 +65,20 @@ class MetaNetwork(nn.Module):
         return y.squeeze(1) if self.task == "regression" else y
 
 
-def _parts(keys: np.ndarray, cuts: np.ndarray, rng: np.random.Generator) -> dict:
+def part_sizes(n: int, fractions: Sequence[float]) -> list[int]:
+    """How many of n keys go to each part: the shares rounded, every part at least one key when n
+    allows (3 members must give a train, a val and a test member), the rest to the first part."""
+    sizes = [int(round(f * n)) for f in fractions[1:]]
+    if n >= len(fractions):
+        sizes = [max(1, v) for v in sizes]
+    while sum(sizes) > n - (1 if n >= 1 else 0) and max(sizes) > 0:
+        sizes[sizes.index(max(sizes))] -= 1
+    return [n - sum(sizes), *sizes]
+
+
+def _parts(keys: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> dict:
     uniq = rng.permutation(np.unique(keys))
-    where = np.searchsorted(cuts * len(uniq), np.arange(len(uniq)), side="right")
+    where = np.repeat(np.arange(len(fractions)), part_sizes(len(uniq), fractions))
     return dict(zip(uniq.tolist(), where.tolist()))
 
 
@@ -77,8 +88,7 @@ def model_image_parts(members: np.ndarray, images: np.ndarray, fractions: Sequen
     the distinct members and the distinct images each cut in shares ``fractions`` after a seeded
     shuffle. A pair belongs to a part only where its member's and its image's parts agree."""
     rng = np.random.default_rng(seed)
-    cuts = np.cumsum(fractions)[:-1]
-    return _parts(np.asarray(members), cuts, rng), _parts(np.asarray(images), cuts, rng)
+    return _parts(np.asarray(members), fractions, rng), _parts(np.asarray(images), fractions, rng)
 
 
 def split_pairs(member: np.ndarray, sample: np.ndarray, by: str = "model", fractions: Sequence[float] = (0.64, 0.16, 0.2),
@@ -97,8 +107,7 @@ def split_pairs(member: np.ndarray, sample: np.ndarray, by: str = "model", fract
     names = np.array(["train", "val", "test"])
     if by == "pair":
         rng = np.random.default_rng(seed)
-        cuts = np.cumsum(fractions)[:-1]
-        where = np.searchsorted(cuts * len(member), np.arange(len(member)), side="right")
+        where = np.repeat(np.arange(3), part_sizes(len(member), fractions))
         return names[rng.permutation(where)]
     pm, ps = model_image_parts(member, sample, fractions, seed)
     a = np.array([pm[m] for m in member.tolist()])

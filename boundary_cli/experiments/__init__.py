@@ -8,6 +8,7 @@ from boundary_cli.experiments import (
     decision_flip,
     lcr,
     margin,
+    meta_network,
     mislabel,
     multiple_hits,
     own_to_flip,
@@ -25,4 +26,5 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     lcr.EXPERIMENT,
     weights_boundary.EXPERIMENT,
     mislabel.EXPERIMENT,
+    meta_network.EXPERIMENT,
 )}

@@ -66,8 +66,9 @@ class RunContext:
         cfg: the composed config; an experiment reads its own ``cfg.experiment`` section.
         data: the dataset with its variant applied.
         raw_test_x: (M, C, H, W) test images before the variant (for figures).
-        model: classifier in eval mode on ``device``, inputs in pixel units.
-        model_id: hash of the model's weights (part of every chunk key).
+        model: classifier in eval mode on ``device``, inputs in pixel units; None for an experiment
+            with ``own_models`` (it trains its own).
+        model_id: hash of the model's weights (part of every chunk key); "" without a model.
         device: where the work runs.
         identity: columns that identify the run in every table (dataset, variant, model, ...).
         chunks: store of finished work chunks in the cache.
@@ -81,7 +82,7 @@ class RunContext:
     cfg: DictConfig
     data: ImageData
     raw_test_x: Tensor
-    model: nn.Module
+    model: nn.Module | None
     model_id: str
     device: torch.device
     identity: dict[str, Any]

@@ -21,6 +21,7 @@ optimistic, the strict protocol.)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -51,7 +52,7 @@ from boundary_cli.reporting.meta_plots import curves_figure, roc_figure, scatter
 from boundary_cli.settings import cfg_path, lock_timeout
 from boundary_cli.training.obtain import build_model, data_fingerprint, input_normalization
 from boundary_cli.training.store import CheckpointStore
-from boundary_cli.training.zoo import GRID_SIZE, Member, draw_members, grid_members, member_record
+from boundary_cli.training.zoo import GRID, GRID_SIZE, draw_members, grid_members, member_record
 from boundary_cli.training.zoo_store import obtain_zoo
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ META_FORMAT = 1
 BASELINES = (*CONFIDENCE_SCORES, "deepfool_margin")
 # the sign that makes each baseline a score of "wrong" (higher = more likely an error)
 ERROR_SIGN = dict(msp=-1.0, logit_margin=-1.0, entropy=1.0, deepfool_margin=-1.0)
+BASELINE_INPUT = dict(msp="logits", logit_margin="logits", entropy="logits", deepfool_margin="input")
 
 
 def _one_of(value: Any, valid: tuple[str, ...], key: str) -> None:
@@ -89,6 +91,7 @@ def validate(cfg: DictConfig) -> None:
     zoo_model_cfg(cfg)
     _one_of(e.zoo.mode, ("stacked", "loop", "auto"), "experiment.zoo.mode")
     positive_int(e.zoo.max_stack, "experiment.zoo.max_stack")
+    positive_int(e.zoo.epoch_scale, "experiment.zoo.epoch_scale")
     acc = e.zoo.min_accuracy
     if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
         raise BoundaryError(f"experiment.zoo.min_accuracy must be a share in [0, 1], got {acc!r}")
@@ -121,6 +124,13 @@ def validate(cfg: DictConfig) -> None:
         raise BoundaryError(f"experiment.meta.decoder_layers must be >= 2, got {m.decoder_layers}")
     positive_int(e.chunk_members, "experiment.chunk_members")
     positive_int(e.deepfool.max_iter, "experiment.deepfool.max_iter")
+
+
+def zoo_grid(cfg: DictConfig) -> dict[str, tuple]:
+    """The reference's grid, its epochs multiplied by ``experiment.zoo.epoch_scale`` (1: the
+    reference; a small training set such as digits' 1,297 images needs more passes)."""
+    scale = int(cfg.experiment.zoo.epoch_scale)
+    return dict(GRID, epochs=tuple(scale * v for v in GRID["epochs"]))
 
 
 def zoo_model_cfg(cfg: DictConfig) -> DictConfig:
@@ -269,11 +279,11 @@ def _baseline_rows(pairs: pd.DataFrame, part: np.ndarray, target: str, balanced:
             err = np.nan_to_num(ERROR_SIGN[b] * s, nan=np.inf, posinf=np.finfo(float).max,
                                 neginf=-np.finfo(float).max)
             wrong = ~correct[te].astype(bool)
-            rows.append(dict(method=b, task="classification", auroc=auroc(wrong, err[te]),
+            rows.append(dict(method=b, task="classification", features=BASELINE_INPUT[b], auroc=auroc(wrong, err[te]),
                              aupr=float(average_precision_score(wrong, err[te])) if wrong.any() else float("nan")))
         if "regression" in tasks:
             y = pairs[target].to_numpy(dtype=float)
-            rows.append(dict(method=b, task="regression", r2=monotone_fit_r2(s[tr], y[tr], s[te], y[te])))
+            rows.append(dict(method=b, task="regression", features=BASELINE_INPUT[b], r2=monotone_fit_r2(s[tr], y[tr], s[te], y[te])))
     return rows
 
 
@@ -289,11 +299,12 @@ def run(ctx: RunContext) -> ExperimentOutput:
         if not sets[f]:
             raise BoundaryError(f"experiment.feature_sets has {f} but experiment.features={list(names)} leaves no "
                                 f"layer for it")
+    grid = zoo_grid(ctx.cfg)
     try:
-        members = draw_members(int(e.zoo.size), int(e.zoo.seed))
+        members = draw_members(int(e.zoo.size), int(e.zoo.seed), grid)
     except ValueError as exc:
         raise BoundaryError(f"experiment.zoo.size: {exc}") from None
-    grid_id = {m: i for i, m in enumerate(grid_members())}
+    grid_id = {m: i for i, m in enumerate(grid_members(grid))}
 
     # 1. the zoo
     mean, std = input_normalization(zcfg, data)
@@ -302,11 +313,11 @@ def run(ctx: RunContext) -> ExperimentOutput:
     store = CheckpointStore(cfg_path(ctx.cfg, "cache_dir") / "checkpoints", lock_timeout=lock_timeout(ctx.cfg))
     train = (data.train_x.to(dev), data.train_y.to(dev))
     test = (data.test_x.to(dev), data.test_y.to(dev))
-    start_zoo = __import__("time").perf_counter()
+    start_zoo = time.perf_counter()
     with ctx.progress_bar(len(members), f"zoo ({zoo_name})", unit="model") as bar:
         zoo = obtain_zoo(store, base, members, build, train, test, mode=str(e.zoo.mode), max_stack=int(e.zoo.max_stack),
                          progress=bar.update)
-    ctx.work.add("zoo", seconds=__import__("time").perf_counter() - start_zoo, rows=len(zoo))
+    ctx.work.add("zoo", seconds=time.perf_counter() - start_zoo, rows=len(zoo))
     min_acc = float(e.zoo.min_accuracy)
     zoo_table = pd.DataFrame([dict(member=grid_id[z.member], **member_record(z.member), test_accuracy=z.test_accuracy,
                                    kept=z.test_accuracy >= min_acc, key=z.key) for z in zoo])
@@ -325,6 +336,10 @@ def run(ctx: RunContext) -> ExperimentOutput:
                                                 fractions, int(e.split_seed))
     image_part_t = torch.tensor([image_part[i] for i in range(n_test)])
     strict = e.split_by == "model"
+    if strict and len(kept) < 3:
+        raise BoundaryError(f"experiment.split_by=model holds whole members out: it needs at least 3 kept zoo members "
+                            f"(train, val, test), found {len(kept)} of {len(zoo)} at test accuracy >= {min_acc}; "
+                            f"raise experiment.zoo.size or lower experiment.zoo.min_accuracy")
     chosen = []
     template.eval()
     for z in kept:
@@ -404,6 +419,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     for col in ("r2", "balanced_accuracy", "auroc", "aupr", "accuracy"):
         if col not in metrics:
             metrics[col] = np.nan
+    metrics["best_epoch"] = metrics["best_epoch"].astype("Int64")
     curve_table = pd.DataFrame(curves)
 
     tables = dict(metrics=metrics, zoo=zoo_table, pairs=pairs.assign(**{k: v for k, v in ctx.identity.items()}),
@@ -442,7 +458,7 @@ def _fit_or_load(ctx: RunContext, key: str, layers: list[str], feats: dict[str, 
             return dict(net=net.eval(), best_epoch=int(saved["best_epoch"]), curve=saved["curve"], path=path)
         except Exception as exc:  # a damaged or older file is trained again
             log.warning("ignoring unreadable meta-network %s (%s); training again", path, exc)
-    y = torch.from_numpy(np.asarray(truth, dtype=np.float32 if task == "regression" else np.int64))
+    y = torch.from_numpy(np.array(truth, dtype=np.float32 if task == "regression" else np.int64))
     part = {p: ([feats[n][mk] for n in layers], y[mk]) for p, mk in masks.items() if p != "test"}
     if len(part["train"][1]) < 2 or len(part["val"][1]) < 1:
         raise BoundaryError(f"too few pairs to train a meta-network ({len(part['train'][1])} train, "
@@ -451,10 +467,10 @@ def _fit_or_load(ctx: RunContext, key: str, layers: list[str], feats: dict[str, 
     torch.manual_seed(seed)
     net = MetaNetwork(dims, backbone=backbone, task=task, width=int(m.width), layers=int(m.layers), bias=bool(m.bias),
                       decoder_layers=int(m.decoder_layers))
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     fit = fit_meta(net, part["train"], part["val"], lr=lr, epochs=int(m.epochs), batch_size=int(m.batch_size),
                    patience=int(m.patience), seed=seed, device=ctx.device)
-    seconds = __import__("time").perf_counter() - t0
+    seconds = time.perf_counter() - t0
     ctx.work.add("meta_network", seconds=seconds, rows=len(part["train"][1]) * len(fit.curve))
     log.info("meta-network %s/%s/seed %d: best epoch %d of %d (%.1f s)", backbone, task, seed, fit.best_epoch,
              len(fit.curve), seconds)

@@ -51,6 +51,9 @@ class Experiment:
             ...), or None for the data as configured; the runner obtains ``ctx.model`` with it.
         needs_aum: whether the run reads the training margins kept with the model (the area under
             the margin); a stored model without them is then trained again.
+        own_models: for an experiment that trains and stores its own models (the meta-network's
+            zoo): cfg -> the ``model`` and ``training`` identity columns. The runner then obtains no
+            model (``ctx.model`` is None) and the run's ``model`` / ``training`` columns are these.
     """
 
     name: str
@@ -65,3 +68,4 @@ class Experiment:
     compare_name: str = "comparison"
     modifier: Callable[[DictConfig], DataModifier | None] = lambda cfg: None
     needs_aum: Callable[[DictConfig], bool] = lambda cfg: False
+    own_models: Callable[[DictConfig], dict[str, str]] | None = None

@@ -10,6 +10,8 @@ target on one score, fitted on one part and evaluated on another.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import rankdata
 from torch import Tensor
@@ -63,5 +65,7 @@ def monotone_fit_r2(train_score: np.ndarray, train_y: np.ndarray, test_score: np
         return np.nan_to_num(s, nan=lo, posinf=hi, neginf=lo)
 
     tr = np.asarray(train_score, dtype=float)
-    fit = IsotonicRegression(increasing="auto", out_of_bounds="clip").fit(finite(tr, tr), train_y)
+    with warnings.catch_warnings():  # sklearn warns when the direction is uncertain; the fit is what it is
+        warnings.simplefilter("ignore", UserWarning)
+        fit = IsotonicRegression(increasing="auto", out_of_bounds="clip").fit(finite(tr, tr), train_y)
     return r2(test_y, fit.predict(finite(test_score, tr)))

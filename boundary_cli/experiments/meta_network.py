@@ -48,6 +48,7 @@ from boundary_cli.geometry.deepfool import DeepFoolParams, deepfool
 from boundary_cli.geometry.taps import activations, resolve_layers
 from boundary_cli.io import write_torch
 from boundary_cli.models.lenet5 import reinit_weights
+from boundary_cli.reporting.comparison import meta_network_comparison
 from boundary_cli.reporting.meta_plots import curves_figure, roc_figure, scatter_figure
 from boundary_cli.settings import cfg_path, lock_timeout
 from boundary_cli.training.obtain import build_model, data_fingerprint, input_normalization
@@ -217,6 +218,25 @@ def select_pairs(pred: Tensor, y: Tensor, eligible: Tensor, selection: str, per_
     return torch.cat(keep).sort().values
 
 
+@torch.no_grad()
+def _bytes_per_image(model: nn.Module, x: Tensor) -> int:
+    """Bytes one image (x: (1, C, H, W)) holds in a forward of ``model``: the input and the outputs of
+    every leaf module (what a batched no-grad forward keeps alive at its peak, at most)."""
+    total = [x.numel() * x.element_size()]
+
+    def hook(_m, _i, out):
+        if isinstance(out, Tensor):
+            total.append(out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(total)
+
+
 def _label_chunk(ctx: RunContext, build, entries, images: list[Tensor], names: list[str], noise: Tensor,
                  scale: float, dparams: DeepFoolParams) -> Computed:
     """Labels, features and baselines of the pairs of a few members (entries, their image indices)."""
@@ -226,7 +246,8 @@ def _label_chunk(ctx: RunContext, build, entries, images: list[Tensor], names: l
     buffers = {k: b for k, b in template.named_buffers()}
     width = max(len(i) for i in images)
     padded = torch.stack([test_x[torch.cat([i, i[:1].expand(width - len(i))])] for i in images]).to(dev)
-    draws = max(1, min(len(noise), int(ctx.memory_budget // max(1, padded[0, 0].numel() * 4 * 6 * len(images) * width))))
+    per_image = _bytes_per_image(template, padded[0, :1])
+    draws = max(1, min(len(noise), int(ctx.memory_budget // (2 * per_image * len(images) * width))))
     rob = noise_robustness(template, params, padded, noise, scale=scale, buffers=buffers, draws_per_call=draws)
     out: dict[str, list[Tensor]] = {k: [] for k in ("prediction", "ratio", "kl", "deepfool_margin",
                                                    "deepfool_converged", *CONFIDENCE_SCORES, *names)}
@@ -481,6 +502,7 @@ def _fit_or_load(ctx: RunContext, key: str, layers: list[str], feats: dict[str, 
 
 
 def own_models(cfg: DictConfig) -> dict[str, str]:
+    """The run's model and training columns: the zoo's architecture, trained as a zoo."""
     return dict(model=str(cfg.experiment.zoo.model), training="zoo")
 
 
@@ -490,5 +512,6 @@ EXPERIMENT = Experiment(
     run=run,
     tables=("metrics", "zoo", "pairs", "curves"),
     figures=("learning_curves",),
+    compare=meta_network_comparison,
     own_models=own_models,
 )

@@ -143,3 +143,19 @@ def weights_boundary_comparison(tables: dict[str, pd.DataFrame], title: str) -> 
         return None
     groups = [(label, sub["weight_distance_l2"].to_numpy(dtype=float)) for label, sub in table.groupby("label", sort=False)]
     return run_boxes(groups, "weight-space distance ‖Δθ‖₂", f"boundary-based self-influence: {title}", reference=0.0)
+
+
+def meta_network_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """AUROC of the errors per method (meta-networks by features, and the baselines), one bar per run
+    (from the merged ``metrics``; the mean over meta-network seeds)."""
+    metrics = tables.get("metrics")
+    if metrics is None or not len(metrics) or "auroc" not in metrics:
+        return None
+    rows = metrics[metrics["task"] == "classification"].copy()
+    if not len(rows):
+        return None
+    rows["detector"] = rows["method"] + np.where(rows["method"].str.startswith("meta_"),
+                                                 " (" + rows["features"].astype(str) + ")", "")
+    means = rows.groupby(["label", "detector"], sort=False, as_index=False)["auroc"].mean()
+    return grouped_bars(means, "detector", "auroc", "AUROC of the wrong predictions (test pairs)",
+                        f"meta-network vs baselines: {title}")

@@ -9,7 +9,7 @@ set -euo pipefail
 ZOO=${ZOO:-192}; TRAIN=${TRAIN:-6000}; NOISE=${NOISE:-200}; OUT=${OUT:-outputs/meta_network_fashion}
 common=(experiment=meta_network dataset=fashion_mnist model=lenet5 dataset.train_first=$TRAIN
         experiment.zoo.size=$ZOO experiment.noise.count=$NOISE experiment.backbones=[rnn,lstm,gru,transformer]
-        experiment.meta.width=128 experiment.meta.layers=2 experiment.meta.epochs=20 experiment.seeds=[1])
+        experiment.meta.width=64 experiment.meta.layers=1 experiment.meta.epochs=10 experiment.meta.patience=3 experiment.seeds=[1])
 boundary run "${common[@]}" experiment.split_by=pair experiment.pairs.selection=balanced hydra.run.dir=$OUT/reference "$@"
 boundary run "${common[@]}" experiment.split_by=model experiment.pairs.selection=random experiment.pairs.per_model=100 \
   hydra.run.dir=$OUT/strict "$@"

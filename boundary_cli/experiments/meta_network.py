@@ -370,7 +370,6 @@ def run(ctx: RunContext) -> ExperimentOutput:
         eligible = image_part_t == member_part[grid_id[z.member]] if strict else torch.ones(n_test, dtype=torch.bool)
         chosen.append(select_pairs(pred, data.test_y, eligible, str(e.pairs.selection), int(e.pairs.per_model),
                                    int(e.pairs.per_class), int(e.pairs.seed) * 100_003 + grid_id[z.member]))
-    n_wrong = 0
 
     # 3. labels, features, baselines (cached chunks of members)
     noise = noise_draws(int(e.noise.count), tuple(data.test_x.shape[1:]), int(e.noise.seed))

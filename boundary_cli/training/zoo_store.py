@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from boundary_cli.cache import stable_hash
 from boundary_cli.training.store import CheckpointStore
-from boundary_cli.training.zoo import Member, member_record, train_zoo
+from boundary_cli.training.zoo import Member, faster_mode, member_record, train_zoo
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ def obtain_zoo(store: CheckpointStore, base: dict[str, Any], members: Sequence[M
             by_run.setdefault(m.run(), []).append(m)
         runs = list(by_run)
         if mode == "auto" and missing:
-            from boundary_cli.training.zoo import faster_mode
             mode = faster_mode(build, train[0], train[1], missing, max_stack)
             log.info("zoo: training %s (measured faster here)", "stacked" if mode == "stacked" else "one run at a time")
         ident_of = dict(zip(members, identities))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
+
+from boundary_cli.reporting.roc import dress_error_roc, roc_curve_line
 
 STYLE = {"lcr": ("tab:green", ":"), "cond": ("tab:red", "--"), "both": ("tab:blue", "-")}
 LABEL = {"lcr": "LCR", "cond": "conductance MLP", "both": "LCR + conductance"}
@@ -19,17 +20,11 @@ def roc_figure(scores: dict[str, np.ndarray], wrong: np.ndarray, thresholds: dic
     ax = fig.subplots()
     for method, s in scores.items():
         color, ls = STYLE.get(method, ("tab:gray", "-"))
-        fpr, tpr, _ = roc_curve(wrong, s)
-        ax.plot(fpr, tpr, ls=ls, color=color, lw=1.8,
-                label=f"{LABEL.get(method, method)} (AUROC {roc_auc_score(wrong, s):.3f})")
+        roc_curve_line(ax, wrong, s, LABEL.get(method, method), ls=ls, color=color, lw=1.8)
         if method in thresholds:
             flagged = s >= thresholds[method]
             ax.plot(flagged[wrong == 0].mean(), flagged[wrong == 1].mean(), "o", color=color, ms=7)
-    ax.plot([0, 1], [0, 1], color="lightgray", lw=1)
-    ax.set_xlabel("false positive rate (right predictions flagged)")
-    ax.set_ylabel("true positive rate (wrong predictions flagged)")
-    ax.set_title(f"Validation ROC of the error detectors (dots: chosen thresholds)\n{title}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    dress_error_roc(ax, f"Validation ROC of the error detectors (dots: chosen thresholds)\n{title}")
     return fig
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from boundary_cli.detectors.confidence import r2
+from boundary_cli.reporting.roc import dress_error_roc, roc_curve_line
 
 BASELINE_LABEL = dict(msp="max softmax prob.", logit_margin="logit margin", entropy="entropy",
                       deepfool_margin="DeepFool margin")
@@ -78,20 +78,12 @@ def roc_figure(predictions: dict[tuple, np.ndarray], baselines: dict[str, np.nda
     both = wrong.any() and (~wrong).any()
     if both:
         for i, (key, p) in enumerate(predictions.items()):
-            s = 1 - p
-            fpr, tpr, _ = roc_curve(wrong, s)
-            ax.plot(fpr, tpr, color=f"C{i}", ls=FEATURE_STYLE.get(key[0], "-"), lw=1.6,
-                    label=f"meta {_key_label(key)} (AUROC {roc_auc_score(wrong, s):.3f})")
+            roc_curve_line(ax, wrong, 1 - p, f"meta {_key_label(key)}", color=f"C{i}",
+                           ls=FEATURE_STYLE.get(key[0], "-"), lw=1.6)
         for j, (name, score) in enumerate(baselines.items()):
-            s = -np.asarray(score, dtype=float)
-            fpr, tpr, _ = roc_curve(wrong, s)
-            ax.plot(fpr, tpr, color=str(0.2 + 0.15 * j), ls=(0, (4, 2 + j)), lw=1.2,
-                    label=f"{BASELINE_LABEL.get(name, name)} (AUROC {roc_auc_score(wrong, s):.3f})")
+            roc_curve_line(ax, wrong, -np.asarray(score, dtype=float), BASELINE_LABEL.get(name, name),
+                           color=str(0.2 + 0.15 * j), ls=(0, (4, 2 + j)), lw=1.2)
     else:
         ax.text(0.5, 0.5, "the test pairs hold only one class", ha="center", va="center")
-    ax.plot([0, 1], [0, 1], color="lightgray", lw=1)
-    ax.set_xlabel("false positive rate (right predictions flagged)")
-    ax.set_ylabel("true positive rate (wrong predictions flagged)")
-    ax.set_title(f"Detecting wrong predictions on the test pairs\n{title}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    dress_error_roc(ax, f"Detecting wrong predictions on the test pairs\n{title}", legend_fontsize=7)
     return fig

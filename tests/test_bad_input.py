@@ -27,8 +27,8 @@ def run_fails(tmp_path: Path, env: dict, *args: str) -> str:
 
 def test_unknown_options_name_the_valid_ones(tmp_path, digits_cache):
     env = cli_env(digits_cache)
-    err = run_fails(tmp_path, env, "dataset=cifar100")
-    assert "cifar100" in err and "cifar10, digits, fashion_mnist, image_folder, imagenet, mnist" in err
+    err = run_fails(tmp_path, env, "dataset=svhn")
+    assert "svhn" in err and "cifar10, cifar100, digits, fashion_mnist, image_folder, imagenet, mnist" in err
     err = run_fails(tmp_path, env, "-m", "model=lenet,resnet", "dataset=fashion_mnist")
     assert "'resnet'" in err and "resnet18" in err
     err = run_fails(tmp_path, env, "dataset.variant=blur")

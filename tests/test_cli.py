@@ -109,12 +109,13 @@ def test_list_help_and_cfg(tmp_path, digits_cache):
     env = cli_env(digits_cache)
     out = boundary("list", cwd=tmp_path, env=env).stdout
     for word in ["dataset", "model", "training", "experiment", "hydra/launcher", "digits", "fashion_mnist", "mnist",
-                 "cifar10", "small_cnn", "lenet", "resnet18", "vgg19", "densenet121", "reference", "quick", "margin",
-                 "local", "slurm"]:
+                 "cifar10", "cifar100", "small_cnn", "lenet", "resnet18", "vgg19", "densenet121", "reference", "quick",
+                 "margin", "local", "slurm"]:
         assert word in out, word
     assert "boundary run" in boundary("--help", cwd=tmp_path, env=env).stdout
     help_text = boundary("run", "--help", cwd=tmp_path, env=env).stdout
-    assert "boundary" in help_text and "dataset: cifar10, digits, fashion_mnist, image_folder, imagenet, mnist" in help_text
+    assert "boundary" in help_text
+    assert "dataset: cifar10, cifar100, digits, fashion_mnist, image_folder, imagenet, mnist" in help_text
     cfg = boundary("run", "--cfg", "job", "dataset=cifar10", "model=resnet18", cwd=tmp_path, env=env).stdout
     assert "name: cifar10" in cfg and "name: resnet18" in cfg and "block: ${dataset.subspaces.block}" in cfg
     resolved = boundary("run", "--cfg", "job", "--resolve", "dataset=cifar10", cwd=tmp_path, env=env).stdout

@@ -17,8 +17,8 @@ from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.runner import load_dataset
 from boundary_cli.training.obtain import build_model, weights_identity
 
-SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "imagenet": (3, 224),
-         "image_folder": (3, 224)}
+SIZES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32),
+         "imagenet": (3, 224), "image_folder": (3, 224)}
 FITS = {"small_cnn": {8, 28, 32, 224}, "flip_cnn": {8, 28, 32, 224}, "lenet": {28}, "resnet18": {8, 28, 32, 224},
         "resnet18_mnist": {8, 28, 32, 224}, "resnet20": {8, 28, 32, 224}, "vgg19": {32}, "densenet121": {32},
         "resnet50": {32, 224}, "convnet_cifar": {8, 28, 32, 224},
@@ -48,7 +48,7 @@ def fake_data(channels: int, size: int) -> ImageData:
 
 
 def test_groups_hold_the_promised_options():
-    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
+    assert options("dataset") == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
     assert options("model") == ["convnet_cifar", "densenet121", "flip_cnn", "lenet", "lenet5", "resnet18",
                                 "resnet18_mnist", "resnet20", "resnet50", "small_cnn", "vgg19"]
     assert options("training") == ["adversarial", "flip_adam", "influenciae", "influenciae_overfit", "lcr_adam", "quick",
@@ -95,7 +95,7 @@ def test_every_dataset_model_pair_composes_and_builds_or_refuses(dataset, model)
 
 
 @pytest.mark.parametrize("dataset,block,step", [("digits", 4, 1), ("mnist", 8, 1), ("fashion_mnist", 8, 1),
-                                               ("cifar10", 8, 2), ("imagenet", 16, 16)])
+                                               ("cifar10", 8, 2), ("cifar100", 8, 2), ("imagenet", 16, 16)])
 def test_subspaces_follow_the_dataset(dataset, block, step):
     cfg = cfg_for(f"dataset={dataset}")
     assert (cfg.experiment.subspaces.block, cfg.experiment.subspaces.step) == (block, step)

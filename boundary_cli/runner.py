@@ -24,6 +24,7 @@ from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.shards import shard_of
 from boundary_cli.io import write_csv, write_figure, write_json, write_npy, write_text
+from boundary_cli.models.zoo import apply_zoo_preprocessing, zoo_identity, zoo_source
 from boundary_cli.reporting.metadata import run_metadata
 from boundary_cli.settings import cfg_path, instantiate_node, lock_timeout
 from boundary_cli.training.obtain import obtain_model
@@ -67,6 +68,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    cfg = apply_zoo_preprocessing(cfg)  # a zoo model's resize/crop/interpolation decode imagenet / image_folder
     config = OmegaConf.to_container(cfg, resolve=True)
     meta = run_metadata(config)
     name = cfg.experiment.name
@@ -106,6 +108,8 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
                     training=("checkpoint" if cfg.model.checkpoint else "pretrained"
                               if cfg.model.arch.get("pretrained", False) else str(cfg.training.name)), seed=int(cfg.seed),
                     overrides=" ".join(overrides))
+    if zoo_source(cfg) is not None:
+        identity.update(zoo_identity(cfg))
     if own is not None:
         identity.update(own)
     ctx = RunContext(cfg=cfg, data=data, raw_test_x=raw.test_x, model=model, model_id=model_hash(model) if model is not None else "",

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from boundary_cli.data.images import ImageData
+from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
-from boundary_cli.data.variants import apply_variant, variant_from_config
 from boundary_cli.runner import load_dataset
 from boundary_cli.training.obtain import build_model, weights_identity
 
@@ -50,7 +50,8 @@ def fake_data(channels: int, size: int) -> ImageData:
 def test_groups_hold_the_promised_options():
     assert options("dataset") == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist"]
     assert options("model") == ["convnet_cifar", "densenet121", "flip_cnn", "lenet", "lenet5", "resnet18",
-                                "resnet18_mnist", "resnet20", "resnet50", "small_cnn", "vgg19"]
+                                "resnet18_mnist", "resnet20", "resnet50", "robustbench", "small_cnn", "timm",
+                                "torchvision", "vgg19"]
     assert options("training") == ["adversarial", "flip_adam", "influenciae", "influenciae_overfit", "lcr_adam", "quick",
                                    "reference"]
     assert options("experiment") == sorted(EXPERIMENTS)
@@ -81,7 +82,7 @@ def test_cache_and_data_dirs_follow_the_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("dataset", options("dataset"))
-@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("model", sorted(FITS))  # the zoos (timm, torchvision, robustbench): tests/test_zoo_models.py
 def test_every_dataset_model_pair_composes_and_builds_or_refuses(dataset, model):
     cfg = cfg_for(f"dataset={dataset}", f"model={model}")
     channels, size = SIZES[dataset]

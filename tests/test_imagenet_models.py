@@ -210,11 +210,12 @@ def test_normalization_spec():
     assert normalization_spec("dataset") == "dataset"
     assert normalization_spec("none") is None
     assert normalization_spec("pixel_mean") == "pixel_mean"
+    assert normalization_spec("zoo") == "zoo"
     assert normalization_spec({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}) == ([0.5] * 3, [0.25] * 3)
     assert normalization_spec(OmegaConf.create({"mean": [0.1307], "std": [0.3081]})) == ([0.1307], [0.3081])
     for bad in [None, "imagenet", {"mean": [0.5]}, {"mean": [0.5], "std": [0.0]}, {"mean": [0.5], "std": [1, 2]},
                 {"mean": "0.5", "std": "0.2"}, 0.5]:
-        forms = r"dataset \| pixel_mean \| none \| \{mean: \[...\], std: \[...\]\}"
+        forms = r"dataset \| pixel_mean \| none \| zoo \| \{mean: \[...\], std: \[...\]\}"
         with pytest.raises(BoundaryError, match=forms) as info:
             normalization_spec(bad)
         assert "\n" not in str(info.value)

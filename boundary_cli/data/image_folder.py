@@ -25,16 +25,30 @@ from boundary_cli.errors import BoundaryError
 log = logging.getLogger(__name__)
 
 
-def eval_transform(image_size: int | Sequence[int], resize: int | None, channels: int) -> transforms.Compose:
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+CROP_ONLY = "crop"
+
+
+def eval_transform(image_size: int | Sequence[int], resize: int | str | None, channels: int,
+                   interpolation: str = "bilinear") -> transforms.Compose:
     """Decode-time transform: optional grayscale, ``Resize(resize)`` (shorter side) then centre crop to
-    ``image_size``, or a plain resize to ``image_size`` when ``resize`` is None; then a (C, H, W)
-    float tensor in [0, 1]. ImageNet's evaluation transform is ``resize=256, image_size=224``."""
+    ``image_size``; a plain resize to ``image_size`` when ``resize`` is None; only the centre crop when
+    ``resize`` is ``"crop"`` (RobustBench's Crop288); then a (C, H, W) float tensor in [0, 1], never
+    normalised (the model's first layer does that). ``interpolation`` names the resampling filter (one of
+    INTERPOLATIONS; timm's data configs ask for bicubic). ImageNet's evaluation transform is
+    ``resize=256, image_size=224``, bilinear."""
     h, w = _size(image_size)
+    if str(interpolation).lower() not in INTERPOLATIONS:
+        raise BoundaryError(f"dataset.loader.interpolation={interpolation!r} is not valid; use one of: "
+                            f"{', '.join(INTERPOLATIONS)}")
+    mode = transforms.InterpolationMode(str(interpolation).lower())
     steps: list = [transforms.Grayscale(1)] if channels == 1 else []
     if resize is None:
-        steps.append(transforms.Resize((h, w)))
+        steps.append(transforms.Resize((h, w), interpolation=mode))
+    elif str(resize).lower() == CROP_ONLY:
+        steps.append(transforms.CenterCrop((h, w)))
     else:
-        steps += [transforms.Resize(int(resize)), transforms.CenterCrop((h, w))]
+        steps += [transforms.Resize(int(resize), interpolation=mode), transforms.CenterCrop((h, w))]
     steps.append(transforms.ToTensor())
     return transforms.Compose(steps)
 
@@ -84,8 +98,8 @@ def folder_data(name: str, dataset: ImageFolder, classes: list[str], channels: i
 
 def load_image_folder(
     data_dir: Path | str, cache_dir: Path | str, download: bool = False, *, root: str | None = None,
-    image_size: int | Sequence[int] = 224, resize: int | None = 256, channels: int = 3,
-    num_classes: int | None = None, workers: int | str = "auto",
+    image_size: int | Sequence[int] = 224, resize: int | str | None = 256, channels: int = 3,
+    num_classes: int | None = None, workers: int | str = "auto", interpolation: str = "bilinear",
 ) -> ImageData:
     """The images of an ImageFolder tree ``root`` (``<root>/<class>/<image>``; relative paths are taken
     from ``data_dir``), transformed by :func:`eval_transform` into (C, H, W) in [0, 1].
@@ -107,7 +121,7 @@ def load_image_folder(
         raise BoundaryError(f"no images found in {folder}{os.sep}: dataset.root must hold one sub-folder per class "
                             f"with image files ({', '.join(sorted(IMG_EXTENSIONS)[:5])}, ...) in it")
     try:
-        ds = ImageFolder(str(folder), transform=eval_transform(image_size, resize, channels))
+        ds = ImageFolder(str(folder), transform=eval_transform(image_size, resize, channels, interpolation))
     except (OSError, RuntimeError, FileNotFoundError) as err:
         raise BoundaryError(f"could not read the image folder {folder}{os.sep}: {one_line(err)}") from err
     classes = padded_classes(list(ds.classes), num_classes, "image_folder")

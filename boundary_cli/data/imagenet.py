@@ -47,7 +47,8 @@ def imagenet_layout(root: Path) -> str:
 
 def load_imagenet(
     data_dir: Path | str, cache_dir: Path | str, download: bool = False, *, root: str | None = None,
-    image_size: int | Sequence[int] = 224, resize: int | None = 256, workers: int | str = "auto",
+    image_size: int | Sequence[int] = 224, resize: int | str | None = 256, workers: int | str = "auto",
+    interpolation: str = "bilinear",
 ) -> ImageData:
     """The ImageNet validation images as lazily decoded (3, 224, 224) tensors in [0, 1], labels 0..999.
 
@@ -67,7 +68,7 @@ def load_imagenet(
             f"{VAL_ARCHIVE} and {DEVKIT} from image-net.org into that folder, or set dataset.root "
             f"(or paths.data_dir / env BOUNDARY_DATA_DIR) to where it is"
         )
-    transform = eval_transform(image_size, resize, 3)
+    transform = eval_transform(image_size, resize, 3, interpolation)
     try:
         if layout == "imagenet":
             ds = ImageNet(str(folder), split="val", transform=transform)

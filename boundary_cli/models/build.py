@@ -15,8 +15,8 @@ from torch import nn
 from boundary_cli.errors import BoundaryError
 
 DATA_PARAMETERS = ("in_channels", "num_classes", "image_size")
-NORMALIZATION_FORMS = ("dataset", "pixel_mean", "none", "{mean: [...], std: [...]}")
-NAMED_NORMALIZATIONS = ("dataset", "pixel_mean", "none")
+NORMALIZATION_FORMS = ("dataset", "pixel_mean", "none", "zoo", "{mean: [...], std: [...]}")
+NAMED_NORMALIZATIONS = ("dataset", "pixel_mean", "none", "zoo")
 
 
 def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
@@ -58,7 +58,8 @@ def build_network(arch: DictConfig | dict, in_channels: int, num_classes: int,
 def normalization_spec(spec: Any) -> tuple[list[float], list[float]] | None | str:
     """Read ``model.normalization``: "dataset" -> "dataset" (the dataset's per-channel mean/std); "pixel_mean" ->
     "pixel_mean" (subtract the per-pixel mean image of the training set, divide by nothing: the lcr reference's
-    Keras input pipeline); "none" -> None (identity: the network normalises itself); ``{mean: [...], std: [...]}``
+    Keras input pipeline); "zoo" -> "zoo" (a zoo model's own statistics: see
+    boundary_cli.models.zoo); "none" -> None (identity: the network normalises itself); ``{mean: [...], std: [...]}``
     -> (mean, std), two lists of C floats (one per channel, std > 0). Raises BoundaryError listing the valid forms
     for anything else."""
     if isinstance(spec, str) and spec.strip().lower() in NAMED_NORMALIZATIONS:

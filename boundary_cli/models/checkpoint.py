@@ -1,5 +1,5 @@
-"""Load a saved state dict (hold-me-tight / kuangliu / torchvision / robustness-library layouts) into a bare network,
-with one-line errors."""
+"""Load a saved state dict (hold-me-tight / kuangliu / torchvision / robustness-library layouts, torch.save or
+safetensors files) into a bare network, with one-line errors."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def load_weights(net: nn.Module, path: str | Path, arch: str | None = None) -> N
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         with warnings.catch_warnings():  # a corrupt file can make the unpickler warn before it fails
             warnings.simplefilter("ignore", UserWarning)
@@ -85,6 +87,23 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             f"{_listed(keys)}) and has no state dict under {', '.join(repr(k) for k in WRAPPER_KEYS)}"
         )
     return dict(obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A ``.safetensors`` file (timm's and the Hugging Face hub's format): tensors only, no pickle."""
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError:
+        raise BoundaryError(f"checkpoint {path} is a .safetensors file; reading it needs the safetensors package "
+                            f"(pip install safetensors; timm installs it)") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
+        raise BoundaryError(f"cannot read checkpoint {path}: not a safetensors file ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:120]})") from None
+    if not state:
+        raise BoundaryError(f"checkpoint {path} holds no tensors")
+    return dict(state)
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:

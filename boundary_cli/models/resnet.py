@@ -3,17 +3,13 @@ and torchvision's ResNet-50 (hold-me-tight's ImageNet model; robustness-library 
 
 from __future__ import annotations
 
-import os
-import pickle
-from urllib.parse import urlparse
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from boundary_cli.errors import BoundaryError
 from boundary_cli.models.inputs import check_size
+from boundary_cli.models.torchvision_zoo import published_state_dict
 
 MIN_SIZE = 8
 RESNET50_MIN_SIZE = 32  # five stride-2 steps take 32x32 to 1x1 at layer4; below that the stem pads more than it sees
@@ -142,19 +138,6 @@ def resnet50(in_channels: int, num_classes: int, image_size: tuple[int, int], pr
         )
     net = ImageNetResNet50(in_channels, num_classes)
     if pretrained:
-        net.load_state_dict(_imagenet_weights())
+        weights = tv_resnet.ResNet50_Weights.IMAGENET1K_V1
+        net.load_state_dict(published_state_dict(weights, "ResNet-50 (pretrained=true)"))
     return net
-
-
-def _imagenet_weights() -> dict[str, torch.Tensor]:
-    weights = tv_resnet.ResNet50_Weights.IMAGENET1K_V1
-    expected = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
-    try:
-        return weights.get_state_dict(progress=False, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # URLError is an OSError
-        detail = " ".join(str(exc).split())[:160]
-        raise BoundaryError(
-            f"cannot load the pretrained ResNet-50 weights ({type(exc).__name__}: {detail}); they are expected at "
-            f"{expected} (downloaded from {weights.url} when absent); copy the file there, or pass a state dict "
-            f"with model.checkpoint=PATH and model.pretrained=false"
-        ) from None

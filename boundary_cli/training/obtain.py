@@ -38,6 +38,12 @@ from boundary_cli.errors import BoundaryError
 from boundary_cli.models.build import build_network, normalization_spec
 from boundary_cli.models.checkpoint import load_weights
 from boundary_cli.models.normalize import Classifier, Normalize
+from boundary_cli.models.zoo import (
+    published,
+    zoo_identity,
+    zoo_preprocessing,
+    zoo_source,
+)
 from boundary_cli.settings import cfg_path, instantiate_node, lock_timeout
 from boundary_cli.training.aum import MarginRecorder
 from boundary_cli.training.evaluation import evaluate
@@ -76,6 +82,8 @@ def input_normalization(cfg: DictConfig, data: ImageData) -> tuple[Tensor, Tenso
     training=lcr_adam selects), ``none`` (zeros and ones (C,): the network normalises itself) or explicit
     ``{mean: [...], std: [...]}`` (C,)."""
     spec = normalization_spec(cfg.model.get("normalization", "dataset"))
+    if spec == "zoo":
+        spec = _zoo_normalization(cfg, data.channels)
     if spec == "dataset":
         return normalization_stats(data, cfg.dataset.get("mean"), cfg.dataset.get("std"))
     if spec == "pixel_mean":
@@ -90,6 +98,24 @@ def input_normalization(cfg: DictConfig, data: ImageData) -> tuple[Tensor, Tenso
         raise BoundaryError(f"model.normalization mean/std need {data.channels} values (one per channel), "
                             f"got {list(spec[0])} / {list(spec[1])}")
     return mean, std
+
+
+def _zoo_normalization(cfg: DictConfig, channels: int) -> tuple[list[float], list[float]] | None | str:
+    """``model.normalization=zoo``: the zoo's mean and std for weights made elsewhere (published or a
+    file), None (identity) for a zoo whose networks normalise inside (RobustBench), and the dataset's
+    statistics for a zoo architecture trained here."""
+    prep = zoo_preprocessing(cfg)
+    if prep is None:
+        raise BoundaryError(f"model.normalization=zoo is for the zoo models (model=timm, torchvision, robustbench); "
+                            f"model={cfg.model.name} takes dataset | pixel_mean | none | {{mean, std}}")
+    if prep.mean is None:
+        return None
+    if not published(cfg):
+        return "dataset"
+    if len(prep.mean) != channels:
+        raise BoundaryError(f"the published weights of model {cfg.model.source} were trained on {len(prep.mean)}-channel "
+                            f"images; the dataset has {channels}: give model.normalization={{mean, std}} explicitly")
+    return list(prep.mean), list(prep.std)
 
 
 def build_model(cfg: DictConfig, data: ImageData) -> Classifier:
@@ -171,6 +197,10 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     a stored entry without it (trained before it was kept) is trained again. While one job trains a
     key, other jobs that need it wait for it (at most ``cache.lock_timeout`` seconds) and then load it.
     """
+    if cfg.model.checkpoint and bool(cfg.model.arch.get("pretrained", False)):
+        raise BoundaryError(f"model.checkpoint and model.pretrained=true both give the weights of model "
+                            f"{cfg.model.name}; set model.pretrained=false to load the file"
+                            f"{' (RobustBench weights live in model.arch.model_dir)' if zoo_source(cfg) == 'robustbench' else ''}")
     if cfg.model.checkpoint or bool(cfg.model.arch.get("pretrained", False)):
         if modifier is not None:
             raise BoundaryError(f"a model trained on modified data ({modifier.name}) asked for, but "
@@ -210,8 +240,12 @@ def _from_checkpoint(cfg: DictConfig, data: ImageData, device: torch.device, epo
         path = Path(str(cfg.model.checkpoint)).expanduser()
         load_weights(model.net, path, arch=str(cfg.model.name))
         source = dict(source="file", path=str(path.resolve()))
-    else:
+    elif zoo_source(cfg) is None:
         source = dict(source="torchvision", weights="published ImageNet weights")
+    else:
+        source = dict(source=zoo_source(cfg), weights="published")
+    if zoo_source(cfg) is not None:
+        source.update(zoo=zoo_source(cfg), **zoo_identity(cfg))
     model.to(device).eval()
     return ObtainedModel(model, dict(source, test_accuracy=test_accuracy(model, data, device)), None)
 

@@ -6,11 +6,13 @@ the floor of one DeepFool iteration.
     python scripts/bench_margin.py --subspaces --loop-samples 20  # full space + every DCT block
     python scripts/bench_margin.py --synthetic --dataset cifar10 --model resnet18 --n 10000 --device cuda
     python scripts/bench_margin.py --synthetic --dataset imagenet --model resnet50 --n 1000 --device cuda
+    python scripts/bench_margin.py --synthetic --dataset imagenet --model timm model.arch.model_name=resnet50 --n 1000
     python scripts/bench_margin.py --model resnet18 --dataset cifar10 --subspaces --device cuda --tf32
 
 With ``--synthetic`` nothing is loaded or trained: the model has its random initial weights (seed 0)
 and the inputs are uniform random images of the dataset's shape, so ImageNet-sized figures can be
-taken anywhere. Iteration counts then differ from a trained model's: compare per row-iteration
+taken anywhere; a zoo model (``--model timm`` or ``torchvision`` with ``model.arch.model_name=...``) is
+built the same way, pretrained weights off. Iteration counts then differ from a trained model's: compare per row-iteration
 (``ms/row-it`` and the floor ratio), and samples/s only together with the mean iterations.
 
 The model comes from boundary's checkpoint store (trained with ``--training`` on first use). For
@@ -89,7 +91,7 @@ def bench_setup(args: argparse.Namespace, tune_allocator: bool = True):
 
 
 SYNTHETIC_SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
-                    "imagenet": (3, 224, 1000)}
+                    "cifar100": (3, 32, 100), "imagenet": (3, 224, 1000)}
 
 
 def synthetic_setup(args: argparse.Namespace, tune_allocator: bool = True):

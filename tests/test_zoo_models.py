@@ -323,3 +323,21 @@ def test_robustbench_margins_through_the_cli_on_cifar_files(tmp_path):
     assert set(margins["model"]) == {"robustbench:L2/Rice2020Overfitting"}
     assert set(margins["training"]) == {"pretrained:cifar10"} and info["model"]["source"] == "robustbench"
     assert info["test_accuracy"] is not None and margins["margin_l2"].notna().all()
+
+
+@pytest.mark.slow
+def test_sweep_over_timm_ids_trained_here_reports_one_table(tmp_path):
+    """Two timm architectures trained here (training=quick on tiny CIFAR files), swept with -m, and
+    merged by boundary report: the model column tells them apart, the training column is the recipe."""
+    write_cifar10_tree(tmp_path / "data", n_train_per_batch=8, n_test=10)
+    env = cli_env(tmp_path / "cache", tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    boundary("run", "-m", "hydra/launcher=local", "dataset=cifar10", "dataset.check_integrity=false", "model=timm",
+             "model.arch.model_name=test_resnet,test_efficientnet", "training=quick", "training.min_accuracy=null",
+             "experiment.n_samples=2", "experiment.deepfool.max_iter=20", "experiment.refine=none",
+             f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
+    boundary("report", str(sweep), cwd=tmp_path, env=env)
+    merged = pd.read_csv(sweep / "report" / "margins.csv")
+    assert set(merged["model"]) == {"timm:test_resnet", "timm:test_efficientnet"}
+    assert set(merged["training"]) == {"quick"} and merged["run"].nunique() == 2
+    assert len(merged) == 2 * 2 * 14  # 2 runs x 2 samples x (full + 13 blocks of 8 on 32)

@@ -341,3 +341,29 @@ def test_sweep_over_timm_ids_trained_here_reports_one_table(tmp_path):
     assert set(merged["model"]) == {"timm:test_resnet", "timm:test_efficientnet"}
     assert set(merged["training"]) == {"quick"} and merged["run"].nunique() == 2
     assert len(merged) == 2 * 2 * 14  # 2 runs x 2 samples x (full + 13 blocks of 8 on 32)
+
+
+@pytest.mark.slow
+def test_timm_published_weights_from_the_hugging_face_cache_offline(tmp_path):
+    """timm's published weights where the hub keeps them (<HF_HUB_CACHE>/models--timm--<name>.<tag>/
+    snapshots/<revision>/model.safetensors), read offline: the run measures exactly those weights."""
+    torch.manual_seed(0)
+    net = timm.create_model("test_resnet")  # 1000 classes, as the published ones
+    revision = "0" * 40
+    repo = tmp_path / "hf" / "models--timm--test_resnet.r160_in1k"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    safetensors_torch.save_file(net.state_dict(), str(repo / "snapshots" / revision / "model.safetensors"))
+    write_folder(tmp_path / "imgs", [(30, 60, 90), (200, 10, 10)], size=(170, 190))
+    env = cli_env(tmp_path / "cache", HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    boundary("run", "dataset=image_folder", f"dataset.root={tmp_path / 'imgs'}", "dataset.loader.num_classes=1000",
+             "model=timm", "model.arch.model_name=test_resnet", "model.pretrained=true", "experiment.n_samples=2",
+             "experiment.subspaces.include_full=true", "experiment.subspaces.block=80", "experiment.subspaces.step=80",
+             "experiment.deepfool.max_iter=10", "experiment.refine=none", f"hydra.run.dir={tmp_path / 'out'}",
+             cwd=tmp_path, env=env)
+    margins = pd.read_csv(tmp_path / "out" / "margins.csv")
+    assert set(margins["model"]) == {"timm:test_resnet"} and set(margins["training"]) == {"pretrained:r160_in1k"}
+    logits_here = net.eval()((torch.tensor([30, 60, 90]).div(255).view(1, 3, 1, 1).expand(1, 3, 160, 160) - 0.5) / 0.5)
+    first = margins[margins["sample_index"] == 0].iloc[0]
+    assert int(first["label"]) == 0 and int(first["prediction"]) == int(logits_here.argmax())

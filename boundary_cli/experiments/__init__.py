@@ -13,6 +13,7 @@ from boundary_cli.experiments import (
     multiple_hits,
     own_to_flip,
     train_again,
+    signals,
     weights_boundary,
 )
 from boundary_cli.experiments.registry import Experiment
@@ -27,4 +28,5 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     weights_boundary.EXPERIMENT,
     mislabel.EXPERIMENT,
     meta_network.EXPERIMENT,
+    signals.EXPERIMENT,
 )}

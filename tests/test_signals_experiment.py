@@ -43,6 +43,7 @@ def test_ranking_auroc_equals_scikit_learn_on_the_written_columns(signals_run):
     assert (ranking["ci_low"] <= ranking["value"] + 1e-12).all() and (ranking["value"] <= ranking["ci_high"] + 1e-12).all()
     # the lower the confidence, the likelier an error: msp oriented as "low"
     assert auroc["msp"] > 0.5
+    assert per["multiple_hits"].between(0, 9).all() and (per["flip_distance"] > 0).all()
 
 
 @pytest.mark.slow
@@ -58,6 +59,7 @@ def test_shared_work_is_counted_once_and_shown(signals_run):
         (costs.loc["deepfool", "forwards"] + costs.loc["refine", "forwards"]) / n)
     assert per_signal.loc["msp", "forwards_per_sample"] == 1.0 and per_signal.loc["msp", "backwards_per_sample"] == 0
     assert costs.loc["noise", "forwards"] == n * (20 + 1)
+    assert costs.loc["walks", "used_by"].split() == ["flip_distance", "multiple_hits"]  # one set of walks, two signals
     assert info["n_forward"] == int(costs["forwards"].sum())
     assert (signals_run / "roc_errors.png").stat().st_size > 10_000 and (signals_run / "spearman.png").exists()
     sp = pd.read_csv(signals_run / "spearman.csv").set_index("signal")
@@ -75,3 +77,19 @@ def test_bad_input_is_one_line(overrides, expected, tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and re.search(expected, lines[0]), proc.stderr[-1500:]
+
+
+@pytest.mark.slow
+def test_sweep_then_report_gives_one_ranking_table_and_a_comparison(fake_fashion, tmp_path):
+    env = cli_env(fake_fashion["cache"], fake_fashion["data"])
+    sweep = tmp_path / "sweep"
+    boundary("run", "-m", "hydra/launcher=local", "experiment=signals", "dataset=fashion_mnist", "model=lenet",
+             "training=quick", "experiment.signals=[msp,entropy,noise_ratio]", "experiment.n_samples=all",
+             "experiment.noise.count=10", "experiment.noise.scale=0.1,0.5", "experiment.bootstrap=0",
+             f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
+    boundary("report", str(sweep), cwd=tmp_path, env=env)
+    merged = pd.read_csv(sweep / "report" / "signals" / "ranking.csv")  # one table, a run column per model
+    assert merged["run"].nunique() == 2
+    assert set(merged["signal"]) == {"msp", "entropy", "noise_ratio", "everything"}
+    figures = list((sweep / "report").rglob("auroc.png"))
+    assert len(figures) == 1 and figures[0].stat().st_size > 10_000

@@ -4,14 +4,15 @@ simple confidence baselines, with what each costs (issue 17, task a; first part)
 On seeded test samples of one model: the maximum softmax probability, the logit margin and the
 entropy (one forward); DeepFool's margin in the full space and in the lowest and highest diagonal DCT
 block (one batched DeepFool pass serves the three); the tight (refined) full-space margin started at
-DeepFool's point; the noise-robustness ratio (the share of Gaussian copies that keep the prediction).
+DeepFool's point; the noise-robustness ratio (the share of Gaussian copies that keep the prediction);
+the nearest flip distance and the number of multiple hits from one set of fixed-step walks toward
+every other class (decision-flip family: a hit is a walk toward t that first enters another class).
 Each is rated for telling wrong from right predictions (AUROC, AUPR of the errors, FPR at 95% TPR,
 bootstrap intervals) by detectors/signal_ranking.py, and a cross-fitted logistic regression over all
 of them is the "everything" row. Work is chunked and cached; a chunk keeps what it cost to compute,
 so the cost columns are the same when a later run reuses it.
 
-Not built yet (the issue's other signals and task b): the walks' flip distance and hits, label change
-rate and conductance, the weight-space distance, the meta-network's score, and the mislabeled-point
+Not built yet (the issue's other signals and task b): label change rate and conductance, the weight-space distance, the meta-network's score, and the mislabeled-point
 task with the training loss.
 """
 
@@ -40,11 +41,19 @@ from boundary_cli.detectors.signal_ranking import (
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
 from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
-from boundary_cli.experiments.margin import deepfool_params, refine_params, select_samples
+from boundary_cli.experiments.margin import (
+    deepfool_params,
+    refine_params,
+    select_samples,
+)
 from boundary_cli.experiments.registry import Experiment
+from boundary_cli.experiments.walking import validate_walk, walk_params
 from boundary_cli.geometry.dct import DCTBlock
 from boundary_cli.geometry.deepfool import batch_rows_for_budget, deepfool_subspaces
 from boundary_cli.geometry.refine import refine
+from boundary_cli.geometry.walks import OWN, nearest_flip, walk_to_classes
+from boundary_cli.geometry.walks import batch_rows_for_budget as walk_batch_rows
+from boundary_cli.reporting.comparison import signals_comparison
 from boundary_cli.reporting.roc import dress_error_roc, roc_curve_line
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,7 @@ SIGNALS = {
     "msp": ("low", "logits"), "logit_margin": ("low", "logits"), "entropy": ("high", "logits"),
     "deepfool_full": ("low", "deepfool"), "deepfool_low": ("low", "deepfool"), "deepfool_high": ("low", "deepfool"),
     "tight_margin": ("low", "deepfool+refine"), "noise_ratio": ("low", "noise"),
+    "flip_distance": ("low", "walks"), "multiple_hits": ("high", "walks"),
 }
 COMBINED = "everything"
 
@@ -79,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
     if "tight_margin" in e.signals and str(e.refine) == "none":
         raise BoundaryError("signal tight_margin needs a refinement: set experiment.refine=descent (or bisect)")
     refine_params(e)
+    validate_walk(e.walk, modes=("targeted",))
 
 
 def _bands(n: int, block: int, channels: int) -> list[DCTBlock]:
@@ -97,13 +108,16 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
     params = deepfool_params(e, data.value_range)
     rparams = refine_params(e)
     bands = _bands(w, int(e.band_block), c)
+    model = ctx.model
     need_df = bool(wanted & {"deepfool_full", "deepfool_low", "deepfool_high", "tight_margin"})
     need_refine = "tight_margin" in wanted
     need_noise = "noise_ratio" in wanted
+    need_walks = bool(wanted & {"flip_distance", "multiple_hits"})
+    wparams = walk_params(e.walk, data.value_range)
+    walk_rows = walk_batch_rows(model, data.test_x[:1].to(ctx.device), ctx.memory_budget) if need_walks else 0
     kc = min(params.candidates, data.num_classes)
     batch_rows = batch_rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, ctx.memory_budget)
     noise = noise_draws(int(e.noise.count), (c, h, w), int(e.noise.seed)) if need_noise else None
-    model = ctx.model
     param_stack = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -137,6 +151,15 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
                                    buffers=buffers, draws_per_call=per_call)
             out["noise_ratio"] = rob.ratio[0].cpu()
             cost["noise"] = [len(x) * (len(noise) + 1), 0, time.perf_counter() - t0]
+        if need_walks:
+            t0 = time.perf_counter()
+            res = walk_to_classes(model, x, torch.arange(data.num_classes, device=x.device), wparams,
+                                  batch_rows=walk_rows, keep_points=False)
+            _, dist = nearest_flip(res.status, res.l2)
+            entered = res.first_exit
+            hits = (entered >= 0) & (entered != res.target) & (res.status != OWN)
+            out.update(flip_distance=dist.cpu(), multiple_hits=hits.sum(1).cpu().to(torch.float32))
+            cost["walks"] = [res.n_forward, res.n_backward, time.perf_counter() - t0]
         for kind, (f, b, s) in cost.items():
             out[f"cost_{kind}"] = torch.tensor([f, b, s, len(x)], dtype=torch.float64)
         progress(len(x))
@@ -146,7 +169,8 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
 
     key = dict(signals=sorted(wanted), bands=[[b.offset, b.block] for b in bands], **params.key(),
                refine=rparams.key() if need_refine else None,
-               noise=OmegaConf.to_container(e.noise) if need_noise else None)
+               noise=OmegaConf.to_container(e.noise) if need_noise else None,
+               walk=wparams.key() if need_walks else None)
     run = ctx.cached_chunks("signals", chunks, compute, fmt=CHUNK_FORMAT, params=key, rows=len,
                             load=lambda idx: data.test_x[idx].to(ctx.device), unit="sample", desc="signals")
     values = {k: run.cat(k).numpy() for k in run.parts[0] if not k.startswith("cost_")} if run.parts else {}
@@ -261,4 +285,4 @@ def _spearman_figure(corr: np.ndarray, names: list[str], title: str) -> Figure:
 
 EXPERIMENT = Experiment(name="signals", validate=validate, run=run,
                         tables=("ranking", "signals_errors", "costs", "spearman"),
-                        figures=("roc_errors", "spearman"))
+                        figures=("roc_errors", "spearman"), compare=signals_comparison, compare_name="auroc")

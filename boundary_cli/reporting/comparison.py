@@ -159,3 +159,16 @@ def meta_network_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figu
     means = rows.groupby(["label", "detector"], sort=False, as_index=False)["auroc"].mean()
     return grouped_bars(means, "detector", "auroc", "AUROC of the wrong predictions (test pairs)",
                         f"meta-network vs baselines: {title}")
+
+
+def signals_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """AUROC of the wrong predictions per signal (the "everything" combination included), one bar per
+    run of a sweep (models, datasets), from the merged ``ranking``."""
+    ranking = tables.get("ranking")
+    if ranking is None or not len(ranking):
+        return None
+    rows = ranking[ranking["metric"] == "auroc"]
+    if not len(rows):
+        return None
+    return grouped_bars(rows[["label", "signal", "value"]], "signal", "value", "AUROC of the wrong predictions",
+                        f"boundary signals as error detectors: {title}")

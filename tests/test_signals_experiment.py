@@ -60,6 +60,7 @@ def test_shared_work_is_counted_once_and_shown(signals_run):
     assert per_signal.loc["msp", "forwards_per_sample"] == 1.0 and per_signal.loc["msp", "backwards_per_sample"] == 0
     assert costs.loc["noise", "forwards"] == n * (20 + 1)
     assert costs.loc["walks", "used_by"].split() == ["flip_distance", "multiple_hits"]  # one set of walks, two signals
+    assert costs.loc["weights", "used_by"] == "weight_distance" and costs.loc["weights", "forwards"] > 0
     assert info["n_forward"] == int(costs["forwards"].sum())
     assert (signals_run / "roc_errors.png").stat().st_size > 10_000 and (signals_run / "spearman.png").exists()
     sp = pd.read_csv(signals_run / "spearman.csv").set_index("signal")
@@ -70,6 +71,7 @@ def test_shared_work_is_counted_once_and_shown(signals_run):
     (["experiment.signals=[msp,lcr_magic]"], r"unknown signal\(s\) 'lcr_magic' in experiment.signals; valid: msp,"),
     (["experiment.signals=[tight_margin]", "experiment.refine=none"], "tight_margin needs a refinement"),
     (["experiment.bootstrap=-1"], "experiment.bootstrap must be an integer >= 0"),
+    (["experiment.weights.against=label"], "against must be prediction here"),
 ])
 def test_bad_input_is_one_line(overrides, expected, tmp_path):
     proc = boundary("run", "experiment=signals", *overrides, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path,

@@ -12,8 +12,8 @@ from boundary_cli.experiments import (
     mislabel,
     multiple_hits,
     own_to_flip,
-    train_again,
     signals,
+    train_again,
     weights_boundary,
 )
 from boundary_cli.experiments.registry import Experiment

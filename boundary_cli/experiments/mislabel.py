@@ -41,7 +41,7 @@ from boundary_cli.experiments.checks import positive_int
 from boundary_cli.experiments.context import ExperimentOutput, RunContext
 from boundary_cli.experiments.margin import select_samples
 from boundary_cli.experiments.registry import Experiment
-from boundary_cli.experiments.weights_boundary import _names, weight_distances, weight_params
+from boundary_cli.experiments.weights_boundary import chosen_parameters, weight_distances, weight_params
 from boundary_cli.geometry.deepfool import deepfool, sample_boundary_params
 from boundary_cli.training.evaluation import predict
 from boundary_cli.training.obtain import obtain_model
@@ -155,7 +155,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     pred = logits.argmax(1)
     scores: dict[str, np.ndarray] = {}
     methods = list(e.methods)
-    params, names = weight_params(e), _names(ctx.model, e.weights.params)
+    params, names = weight_params(e), chosen_parameters(ctx.model, e.weights.params)
     for against, method in (("prediction", "weights_prediction"), ("label", "weights_label")):
         if method in methods:
             _, cat = weight_distances(ctx, data.train_x, given, idx, int(e.chunk_size), params, names, against,

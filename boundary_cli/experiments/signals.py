@@ -6,14 +6,16 @@ entropy (one forward); DeepFool's margin in the full space and in the lowest and
 block (one batched DeepFool pass serves the three); the tight (refined) full-space margin started at
 DeepFool's point; the noise-robustness ratio (the share of Gaussian copies that keep the prediction);
 the nearest flip distance and the number of multiple hits from one set of fixed-step walks toward
-every other class (decision-flip family: a hit is a walk toward t that first enters another class).
-Each is rated for telling wrong from right predictions (AUROC, AUPR of the errors, FPR at 95% TPR,
+every other class (decision-flip family: a hit is a walk toward t that first enters another class);
+the weight-space distance (DeepFool in weight space against the prediction: experiment=
+weights_boundary's computation and cache). Each is rated for telling wrong from right predictions (AUROC, AUPR of the errors, FPR at 95% TPR,
 bootstrap intervals) by detectors/signal_ranking.py, and a cross-fitted logistic regression over all
 of them is the "everything" row. Work is chunked and cached; a chunk keeps what it cost to compute,
-so the cost columns are the same when a later run reuses it.
+so the cost columns are the same when a later run reuses it (the weight-space distance, cached by
+weights_boundary, counts only the points computed in this run).
 
-Not built yet (the issue's other signals and task b): label change rate and conductance, the weight-space distance, the meta-network's score, and the mislabeled-point
-task with the training loss.
+Not built yet (the issue's other signals and task b): label change rate and conductance, the
+meta-network's score, and the mislabeled-point task with the training loss.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from boundary_cli.experiments.margin import (
 )
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.experiments.walking import validate_walk, walk_params
+from boundary_cli.experiments.weights_boundary import chosen_parameters, weight_distances, weight_params
 from boundary_cli.geometry.dct import DCTBlock
 from boundary_cli.geometry.deepfool import batch_rows_for_budget, deepfool_subspaces
 from boundary_cli.geometry.refine import refine
@@ -65,6 +68,7 @@ SIGNALS = {
     "deepfool_full": ("low", "deepfool"), "deepfool_low": ("low", "deepfool"), "deepfool_high": ("low", "deepfool"),
     "tight_margin": ("low", "deepfool+refine"), "noise_ratio": ("low", "noise"),
     "flip_distance": ("low", "walks"), "multiple_hits": ("high", "walks"),
+    "weight_distance": ("low", "weights"),
 }
 COMBINED = "everything"
 
@@ -90,6 +94,10 @@ def validate(cfg: DictConfig) -> None:
         raise BoundaryError("signal tight_margin needs a refinement: set experiment.refine=descent (or bisect)")
     refine_params(e)
     validate_walk(e.walk, modes=("targeted",))
+    if e.weights.against != "prediction":
+        raise BoundaryError("experiment.weights.against must be prediction here: on the test set the label is the "
+                            "answer being detected (against the label belongs to the mislabeled-point task)")
+    weight_params(e)
 
 
 def _bands(n: int, block: int, channels: int) -> list[DCTBlock]:
@@ -181,6 +189,15 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
                 acc = costs.setdefault(k[len("cost_"):], dict(forwards=0.0, backwards=0.0, seconds=0.0, samples=0.0))
                 for name, x in zip(("forwards", "backwards", "seconds", "samples"), v.tolist()):
                     acc[name] += x
+    if "weight_distance" in wanted:
+        names = chosen_parameters(model, e.weights.params)
+        idx = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
+        wrun, wvalues = weight_distances(ctx, data.test_x, data.test_y, idx, int(e.chunk_size), weight_params(e),
+                                         names, "prediction", "auto", desc="weight-space distance")
+        values["weight_distance"] = wvalues["distance"]
+        # reused chunks cost nothing in this run: the per-sample cost is over the points computed now
+        costs["weights"] = dict(forwards=float(wrun.forwards), backwards=float(wrun.backwards),
+                                seconds=float(wrun.seconds), samples=float(wrun.computed_rows))
     return values, costs
 
 
@@ -188,11 +205,12 @@ def _signal_cost(work: str, costs: dict[str, dict]) -> dict[str, float]:
     """Per-sample forwards, backwards and seconds of the work a signal needs (the refined margin needs
     DeepFool and the refinement), and which work that is."""
     kinds = work.split("+")
-    n = max(costs[kinds[0]]["samples"], 1.0)
-    return dict(work=work,
-                forwards_per_sample=sum(costs[k]["forwards"] for k in kinds) / n,
-                backwards_per_sample=sum(costs[k]["backwards"] for k in kinds) / n,
-                seconds_per_sample=sum(costs[k]["seconds"] for k in kinds) / n)
+
+    def per_sample(name: str) -> float:
+        return sum(costs[k][name] / costs[k]["samples"] if costs[k]["samples"] else float("nan") for k in kinds)
+
+    return dict(work=work, forwards_per_sample=per_sample("forwards"), backwards_per_sample=per_sample("backwards"),
+                seconds_per_sample=per_sample("seconds"))
 
 
 def run(ctx: RunContext) -> ExperimentOutput:

@@ -66,7 +66,7 @@ def weight_params(e: DictConfig) -> WeightDeepFoolParams:
         raise BoundaryError(f"experiment.weights: {err}") from None
 
 
-def _names(model: nn.Module, spec) -> list[str]:
+def chosen_parameters(model: nn.Module, spec) -> list[str]:
     try:
         return parameter_names(model, spec if isinstance(spec, str) else list(spec))
     except ValueError as err:
@@ -164,7 +164,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     xs, ys = (data.train_x, data.train_y) if e.split == "train" else (data.test_x, data.test_y)
     idx = select_samples(len(ys), e.n_samples, int(e.sample_seed))
     params = weight_params(e)
-    names = _names(ctx.model, e.weights.params)
+    names = chosen_parameters(ctx.model, e.weights.params)
     head = _last_linear(ctx.model, names)
     against = str(e.weights.against)
     chunks = list(idx.split(int(e.chunk_size)))

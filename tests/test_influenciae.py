@@ -94,7 +94,7 @@ def test_weight_decay_reaches_the_conv_kernels_only():
     ("influenciae_overfit", [0.1, 0.1 * 1e-3 ** 0.5]),
 ])
 def test_both_recipes_train_convnet_cifar_small_through_the_config(training, lrs):
-    from tests.test_adam import separable_data
+    from test_adam import separable_data
 
     with initialize_config_module(version_base="1.3", config_module="boundary_cli.conf"):
         cfg = compose("config", overrides=[f"training={training}", "model=convnet_cifar", "training.recipe.epochs=2",

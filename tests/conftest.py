@@ -40,6 +40,11 @@ def cli_env(cache: Path, data: Path | None = None, **extra: str) -> dict[str, st
     return env
 
 
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The ``error: ...`` lines a failed run wrote to stderr (a clear failure writes exactly one)."""
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
 def boundary(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Run ``boundary ARGS`` in a subprocess from ``cwd``; with ``check`` a failure shows its output."""
     proc = subprocess.run([*BOUNDARY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

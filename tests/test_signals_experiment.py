@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import boundary, cli_env
+from conftest import boundary, cli_env, error_lines
 from sklearn.metrics import roc_auc_score
 
 from boundary_cli.experiments.signals import SIGNALS
@@ -77,7 +77,7 @@ def test_bad_input_is_one_line(overrides, expected, tmp_path):
     proc = boundary("run", "experiment=signals", *overrides, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path,
                     env=cli_env(tmp_path / "cache"), check=False)
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    lines = error_lines(proc)
     assert len(lines) == 1 and re.search(expected, lines[0]), proc.stderr[-1500:]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import boundary, cli_env
+from conftest import boundary, cli_env, error_lines
 from fake_data import write_cifar10_tree
 from hydra import compose, initialize_config_module
 from PIL import Image
@@ -275,7 +275,7 @@ def test_offline_pretrained_requests_are_one_line(tmp_path):
                         if "dataset=cifar10" in overrides else "experiment.n_samples=1",
                         f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path, env=env, check=False)
         assert proc.returncode != 0
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        lines = error_lines(proc)
         assert len(lines) == 1, proc.stderr[-2000:]
         for needle in needles:
             assert needle in lines[0], lines[0]

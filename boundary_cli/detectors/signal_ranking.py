@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from boundary_cli.detectors.confidence import auroc
+from boundary_cli.detectors.ranking import precision_at_noise
 
 DIRECTIONS = ("high", "low")
 ERROR_METRICS = ("auroc", "aupr", "fpr_at_95_tpr")
@@ -83,13 +84,10 @@ def aupr(positive: np.ndarray, score: np.ndarray) -> float:
 
 
 def precision_at_k(positive: np.ndarray, score: np.ndarray) -> float:
-    """Share of positives among the k highest scores, k = the number of positives (ties by index)."""
+    """Share of positives among the k highest scores, k = the number of positives (ties by index):
+    :func:`~boundary_cli.detectors.ranking.precision_at_noise`, nan without positives."""
     positive = np.asarray(positive, dtype=bool)
-    k = int(positive.sum())
-    if k == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
-    return float(positive[order[:k]].mean())
+    return precision_at_noise(score, positive) if positive.any() else float("nan")
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = dict(

@@ -8,8 +8,8 @@ DeepFool's point; the noise-robustness ratio (the share of Gaussian copies that 
 the nearest flip distance and the number of multiple hits from one set of fixed-step walks toward
 every other class (decision-flip family: a hit is a walk toward t that first enters another class);
 the weight-space distance (DeepFool in weight space against the prediction: experiment=
-weights_boundary's computation and cache). Each is rated for telling wrong from right predictions (AUROC, AUPR of the errors, FPR at 95% TPR,
-bootstrap intervals) by detectors/signal_ranking.py, and a cross-fitted logistic regression over all
+weights_boundary's computation and cache). Each is rated for telling wrong from right predictions
+(AUROC, AUPR of the errors, FPR at 95% TPR, bootstrap intervals) by detectors/signal_ranking.py, and a cross-fitted logistic regression over all
 of them is the "everything" row. Work is chunked and cached; a chunk keeps what it cost to compute,
 so the cost columns are the same when a later run reuses it (the weight-space distance, cached by
 weights_boundary, counts only the points computed in this run).
@@ -122,9 +122,10 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
     need_noise = "noise_ratio" in wanted
     need_walks = bool(wanted & {"flip_distance", "multiple_hits"})
     wparams = walk_params(e.walk, data.value_range)
-    walk_rows = walk_batch_rows(model, data.test_x[:1].to(ctx.device), ctx.memory_budget) if need_walks else 0
     kc = min(params.candidates, data.num_classes)
-    batch_rows = batch_rows_for_budget(ctx.model, data.test_x[:1].to(ctx.device), kc, ctx.memory_budget)
+    example = data.test_x[:1].to(ctx.device)
+    walk_rows = walk_batch_rows(model, example, ctx.memory_budget) if need_walks else 0
+    batch_rows = batch_rows_for_budget(model, example, kc, ctx.memory_budget) if need_df else 0
     noise = noise_draws(int(e.noise.count), (c, h, w), int(e.noise.seed)) if need_noise else None
     param_stack = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
@@ -175,7 +176,7 @@ def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[d
         bwd = int(sum(v[1] for v in cost.values()))
         return Computed(out, fwd, bwd)
 
-    key = dict(signals=sorted(wanted), bands=[[b.offset, b.block] for b in bands], **params.key(),
+    key = dict(signals=sorted(wanted - {"weight_distance"}), bands=[[b.offset, b.block] for b in bands], **params.key(),
                refine=rparams.key() if need_refine else None,
                noise=OmegaConf.to_container(e.noise) if need_noise else None,
                walk=wparams.key() if need_walks else None)

@@ -12,15 +12,17 @@ the datasets decoded per batch (imagenet, image_folder), see :func:`apply_zoo_pr
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from boundary_cli.errors import BoundaryError
@@ -66,14 +68,21 @@ def zoo_module(source: str) -> Any:
 def zoo_preprocessing(cfg: DictConfig) -> ZooPreprocessing | None:
     """The preprocessing of the configured zoo model (None for our own models); computed from the zoo's
     own records (timm's pretrained config, torchvision's weights enum, RobustBench's model table),
-    without building the network or fetching weights."""
+    without building the network or fetching weights, once per arch node (every model build asks)."""
     source = zoo_source(cfg)
-    return None if source is None else zoo_module(source).preprocessing(cfg.model.arch)
+    if source is None:
+        return None
+    return _preprocessing(source, json.dumps(OmegaConf.to_container(cfg.model.arch, resolve=True), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _preprocessing(source: str, arch_json: str) -> ZooPreprocessing:
+    return zoo_module(source).preprocessing(json.loads(arch_json))
 
 
 def published(cfg: DictConfig) -> bool:
     """Whether the configured weights come from elsewhere (published weights or a file), not from
-    training here: then the zoo's statistics normalise, otherwise the dataset's do."""
+    training here (for any model; for a zoo model the zoo's statistics then normalise)."""
     return bool(cfg.model.get("checkpoint")) or bool(cfg.model.arch.get("pretrained", False))
 
 
@@ -111,12 +120,19 @@ def zoo_identity(cfg: DictConfig) -> dict[str, str]:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a weights file (hex); a missing file is one line."""
+    """The sha256 of a weights file (hex), read once per file version (path, size, mtime); a missing
+    file is one line."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
         raise BoundaryError(f"checkpoint file {path} does not exist; model.checkpoint must point at a weights file")
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -129,9 +145,8 @@ def stage_taps(net: nn.Module) -> tuple[str, ...]:
     else the max-pools inside ``features`` (VGG, AlexNet), else the children of ``features``
     (DenseNet, EfficientNet, MobileNet); else none (``input`` alone)."""
     names = {name for name, _ in net.named_modules() if name}
-    info = getattr(net, "feature_info", None)
-    modules = [d.get("module") for d in info] if isinstance(info, list) else \
-        [d.get("module") for d in getattr(info, "info", [])] if info is not None else []
+    info = getattr(net, "feature_info", None)  # timm: a list of dicts (a FeatureInfo with .info for features_only)
+    modules = [d.get("module") for d in getattr(info, "info", info or [])]
     if modules and all(isinstance(m, str) and m in names for m in modules):
         return tuple(dict.fromkeys(modules))
     top = [name for name, _ in net.named_children()]

@@ -113,8 +113,9 @@ def _zoo_normalization(cfg: DictConfig, channels: int) -> tuple[list[float], lis
     if not published(cfg):
         return "dataset"
     if len(prep.mean) != channels:
-        raise BoundaryError(f"the published weights of model {cfg.model.source} were trained on {len(prep.mean)}-channel "
-                            f"images; the dataset has {channels}: give model.normalization={{mean, std}} explicitly")
+        raise BoundaryError(f"the published weights of model {cfg.model.source} were trained on "
+                            f"{len(prep.mean)}-channel images; the dataset has {channels}: give "
+                            f"model.normalization={{mean, std}} explicitly")
     return list(prep.mean), list(prep.std)
 
 
@@ -198,10 +199,10 @@ def obtain_model(cfg: DictConfig, data: ImageData, device: torch.device, progres
     key, other jobs that need it wait for it (at most ``cache.lock_timeout`` seconds) and then load it.
     """
     if cfg.model.checkpoint and bool(cfg.model.arch.get("pretrained", False)):
+        where = " (RobustBench weights live in model.arch.model_dir)" if zoo_source(cfg) == "robustbench" else ""
         raise BoundaryError(f"model.checkpoint and model.pretrained=true both give the weights of model "
-                            f"{cfg.model.name}; set model.pretrained=false to load the file"
-                            f"{' (RobustBench weights live in model.arch.model_dir)' if zoo_source(cfg) == 'robustbench' else ''}")
-    if cfg.model.checkpoint or bool(cfg.model.arch.get("pretrained", False)):
+                            f"{cfg.model.name}; set model.pretrained=false to load the file{where}")
+    if published(cfg):
         if modifier is not None:
             raise BoundaryError(f"a model trained on modified data ({modifier.name}) asked for, but "
                                 f"{'model.checkpoint' if cfg.model.checkpoint else 'model.pretrained=true'} gives "

@@ -85,6 +85,7 @@ def execute(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = 
     log.info("device: %s", device)
 
     raw = load_dataset(cfg)
+    experiment.check_data(cfg, raw)
     if is_lazy(raw.test_x) and not experiment.lazy_data:
         raise BoundaryError(f"experiment={name} needs a dataset held in memory with a training split; "
                             f"dataset={raw.name} is decoded per batch and serves "

@@ -274,3 +274,34 @@ def cross_fitted_detectors(split: np.ndarray, wrong: np.ndarray, lcr: np.ndarray
         thr = youden_threshold(score[va], wrong[va])
         metrics += [evaluate_detector(score[split == name], wrong[split == name], thr, method, name) for name in SPLITS]
     return metrics, scores
+
+
+def cross_fitted_lcr_scores(fold: np.ndarray, positive: np.ndarray, lcr: np.ndarray, features: np.ndarray, *,
+                            cond: MLPParams = MLPParams(),
+                            combined: MLPParams = MLPParams(hidden=(10, 10), dropout_after="last", epochs=30,
+                                                            batch_size=100),
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The lcr reference's two learned detectors, cross-fitted over given folds of the scored samples
+    themselves, so no score comes from a detector that saw that sample's answer.
+
+    For each fold k, the training part is every other fold: ``p_cond`` of fold k comes from the
+    conductance MLP (``cond``) trained on the training part's ``features`` (N, D) (scaled by that
+    part's statistics, :func:`fit_feature_scaling`); ``p_both`` of fold k comes from the combined MLP
+    trained on the training part's [lcr, p_cond], where those p_cond values are themselves out-of-fold
+    within the training part (:func:`out_of_fold_proba`), never fitted on fold k. ``positive`` (N,) is
+    the target (1 = wrong prediction, or mislabeled point); ``fold`` (N,) ints in 0..k-1.
+    Returns (p_cond (N,), p_both (N,)).
+    """
+    fold, positive = np.asarray(fold), np.asarray(positive).astype(int)
+    lcr, features = np.asarray(lcr, dtype=float), np.asarray(features, dtype=float)
+    p_cond, p_both = np.empty(len(fold)), np.empty(len(fold))
+    folds = sorted(set(fold.tolist()))
+    for k in folds:
+        held, train = fold == k, fold != k
+        mean, rng = fit_feature_scaling(features[train])
+        tr, te = apply_feature_scaling(features[train], mean, rng), apply_feature_scaling(features[held], mean, rng)
+        p_cond[held] = cond.train(tr, positive[train], seed + k).predict_proba(te)
+        inner = out_of_fold_proba(tr, positive[train], cond, seed + 100 * (k + 1), max(2, len(folds) - 1))
+        both_model = combined.train(np.stack([lcr[train], inner], 1), positive[train], seed + k)
+        p_both[held] = both_model.predict_proba(np.stack([lcr[held], p_cond[held]], 1))
+    return p_cond, p_both

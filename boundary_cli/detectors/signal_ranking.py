@@ -33,6 +33,7 @@ from boundary_cli.detectors.ranking import precision_at_noise
 
 DIRECTIONS = ("high", "low")
 ERROR_METRICS = ("auroc", "aupr", "fpr_at_95_tpr")
+MISLABEL_METRICS = ("auroc", "precision_at_k", "aupr")
 
 
 @dataclass(frozen=True)
@@ -152,26 +153,38 @@ def finite_features(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, n
     return np.hstack([filled[0], extra[0]]), np.hstack([filled[1], extra[1]])
 
 
-def cross_fitted_combination(signals: np.ndarray, positive: np.ndarray, folds: int = 5,
-                             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probability of the positive class from a logistic regression over all signals
-    (N, S): the samples are cut into ``folds`` stratified parts (seeded), and each part's scores come
-    from a model fitted on the other parts only (standardised features, the non-finite rule of
-    :func:`finite_features` with the training parts' statistics). Returns (scores (N,), fold (N,))."""
-    x = np.asarray(signals, dtype=float)
+def stratified_folds(positive: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N,) fold 0..folds-1 of each sample: ``folds`` stratified parts of the positives (N,) and the
+    rest, shuffled with ``seed`` (scikit-learn's StratifiedKFold). Raises ValueError when either class
+    has fewer than ``folds`` samples."""
     positive = np.asarray(positive, dtype=bool)
     n_min = int(min(positive.sum(), (~positive).sum()))
     if n_min < folds:
-        raise ValueError(f"the combination needs at least {folds} samples of each class, found {n_min}")
+        raise ValueError(f"cross-fitting needs at least {folds} samples of each class, found {n_min}")
     fold = np.empty(len(positive), dtype=int)
-    scores = np.empty(len(positive), dtype=float)
     cut = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (train, test) in enumerate(cut.split(x, positive)):
+    for k, (_, test) in enumerate(cut.split(np.zeros(len(positive)), positive)):
+        fold[test] = k
+    return fold
+
+
+def cross_fitted_combination(signals: np.ndarray, positive: np.ndarray, folds: int = 5,
+                             seed: int = 0, fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probability of the positive class from a logistic regression over all signals
+    (N, S): the samples are cut into ``folds`` stratified parts (:func:`stratified_folds`, seeded;
+    or the given ``fold`` (N,)), and each part's scores come from a model fitted on the other parts
+    only (standardised features, the non-finite rule of :func:`finite_features` with the training
+    parts' statistics). Returns (scores (N,), fold (N,))."""
+    x = np.asarray(signals, dtype=float)
+    positive = np.asarray(positive, dtype=bool)
+    fold = stratified_folds(positive, folds, seed) if fold is None else np.asarray(fold)
+    scores = np.empty(len(positive), dtype=float)
+    for k in sorted(set(fold.tolist())):
+        train, test = fold != k, fold == k
         xtr, xte = finite_features(x[train], x[test])
         scale = StandardScaler().fit(xtr)
         model = LogisticRegression(max_iter=1000).fit(scale.transform(xtr), positive[train])
         scores[test] = model.predict_proba(scale.transform(xte))[:, 1]
-        fold[test] = k
     return scores, fold
 
 

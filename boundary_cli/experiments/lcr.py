@@ -60,19 +60,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(e.val_fraction, (int, float)) or not 0 < e.val_fraction < 1:
         raise BoundaryError(f"experiment.val_fraction must lie in (0, 1), got {e.val_fraction!r}")
     positive_int(e.min_wrong, "experiment.min_wrong")
-    m = e.mutants
-    one_of(m.operator, OPERATORS, "experiment.mutants.operator")
-    if isinstance(m.gamma, bool) or not isinstance(m.gamma, (int, float)) or not 0 < m.gamma <= 1:
-        raise BoundaryError(f"experiment.mutants.gamma must lie in (0, 1], got {m.gamma!r}")
-    positive_int(m.n_mutants, "experiment.mutants.n_mutants")
-    positive_int(m.max_attempts, "experiment.mutants.max_attempts")
-    if isinstance(m.accept_ratio, bool) or not isinstance(m.accept_ratio, (int, float)) or m.accept_ratio < 0:
-        raise BoundaryError(f"experiment.mutants.accept_ratio must be a number >= 0, got {m.accept_ratio!r}")
-    one_of(m.accept_on, ACCEPT_ON, "experiment.mutants.accept_on")
-    one_of(m.accept_rule, ACCEPT_RULES, "experiment.mutants.accept_rule")
-    if isinstance(m.ns_min_accuracy, bool) or not isinstance(m.ns_min_accuracy, (int, float)) \
-            or not 0 <= m.ns_min_accuracy <= 1:
-        raise BoundaryError(f"experiment.mutants.ns_min_accuracy must lie in [0, 1], got {m.ns_min_accuracy!r}")
+    validate_mutants(e.mutants)
     counts = int_list(e.auroc_counts, "experiment.auroc_counts")
     if any(c < 1 for c in counts):
         raise BoundaryError("experiment.auroc_counts must be positive mutant counts")
@@ -96,6 +84,22 @@ def validate(cfg: DictConfig) -> None:
     for kind in e.detectors.extra or []:
         one_of(kind, SKLEARN_KINDS, "experiment.detectors.extra entry")
     positive_int(e.chunk_size, "experiment.chunk_size")
+
+
+def validate_mutants(m: DictConfig) -> None:
+    """Check an ``experiment.mutants`` section (operator, gamma, counts, the acceptance rule)."""
+    one_of(m.operator, OPERATORS, "experiment.mutants.operator")
+    if isinstance(m.gamma, bool) or not isinstance(m.gamma, (int, float)) or not 0 < m.gamma <= 1:
+        raise BoundaryError(f"experiment.mutants.gamma must lie in (0, 1], got {m.gamma!r}")
+    positive_int(m.n_mutants, "experiment.mutants.n_mutants")
+    positive_int(m.max_attempts, "experiment.mutants.max_attempts")
+    if isinstance(m.accept_ratio, bool) or not isinstance(m.accept_ratio, (int, float)) or m.accept_ratio < 0:
+        raise BoundaryError(f"experiment.mutants.accept_ratio must be a number >= 0, got {m.accept_ratio!r}")
+    one_of(m.accept_on, ACCEPT_ON, "experiment.mutants.accept_on")
+    one_of(m.accept_rule, ACCEPT_RULES, "experiment.mutants.accept_rule")
+    if isinstance(m.ns_min_accuracy, bool) or not isinstance(m.ns_min_accuracy, (int, float)) \
+            or not 0 <= m.ns_min_accuracy <= 1:
+        raise BoundaryError(f"experiment.mutants.ns_min_accuracy must lie in [0, 1], got {m.ns_min_accuracy!r}")
 
 
 def _splits(ctx: RunContext) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
@@ -128,14 +132,17 @@ def _splits(ctx: RunContext) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     return out
 
 
-def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame, float, int, float]:
+def accepted_mutants(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame, float, int, float, float]:
     """The accepted mutants (cached by seed: a mutant is regenerated from it), the acceptance log, the
-    original model's accuracy on (x, y), the candidates tried and the accuracy they had to exceed."""
+    original model's accuracy on (x, y), the candidates tried, the accuracy they had to exceed, and the
+    seconds acceptance took when it was computed (nan for a chunk stored before they were kept).
+    Reads ``ctx.cfg.experiment.mutants``."""
     m, model = ctx.cfg.experiment.mutants, ctx.model
     params = dict(operator=str(m.operator), gamma=float(m.gamma), n_mutants=int(m.n_mutants),
                   max_attempts=int(m.max_attempts), accept_ratio=float(m.accept_ratio), rule=str(m.accept_rule),
                   ns_min_accuracy=float(m.ns_min_accuracy), seed=int(m.seed))
     def compute(xy: tuple[Tensor, Tensor], progress: Callable[[int], None]) -> Computed:
+        t0 = time.perf_counter()
         acc = accept_mutants(model, xy[0].to(ctx.device), xy[1].to(ctx.device), budget_bytes=ctx.memory_budget,
                              progress=progress, **params)
         return Computed({"seed": torch.tensor([r["seed"] for r in acc.log], dtype=torch.long),
@@ -143,7 +150,8 @@ def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame
                          "accuracy": torch.tensor([r["accuracy"] for r in acc.log], dtype=torch.float64),
                          "accepted": torch.tensor([bool(r["accepted"]) for r in acc.log], dtype=torch.bool),
                          "original_accuracy": torch.tensor(acc.original_accuracy, dtype=torch.float64),
-                         "threshold": torch.tensor(acc.threshold, dtype=torch.float64)},
+                         "threshold": torch.tensor(acc.threshold, dtype=torch.float64),
+                         "seconds": torch.tensor(time.perf_counter() - t0, dtype=torch.float64)},
                         forwards=(len(acc.log) + 1) * len(xy[1]))
 
     got = ctx.cached_chunks("lcr_accept", [(x, y)], compute, fmt=CHUNK_FORMAT,
@@ -154,7 +162,8 @@ def _accepted(ctx: RunContext, x: Tensor, y: Tensor) -> tuple[list, pd.DataFrame
                           "threshold": float(got["threshold"]), "accepted": got["accepted"].numpy()})
     seeds = logdf.loc[logdf["accepted"], "seed"].tolist()[: params["n_mutants"]]
     mutants = [draw_mutant(model, params["operator"], params["gamma"], int(s)) for s in seeds]
-    return mutants, logdf, float(got["original_accuracy"]), len(logdf), float(got["threshold"])
+    seconds = float(got["seconds"]) if "seconds" in got else float("nan")
+    return mutants, logdf, float(got["original_accuracy"]), len(logdf), float(got["threshold"]), seconds
 
 
 def _chunked(ctx: RunContext, kind: str, x: Tensor, extra: dict[str, Any],
@@ -178,7 +187,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
 
     start = time.perf_counter()
     _, xa, ya = splits["accept"]
-    mutants, mutant_log, acc_orig, attempts, threshold = _accepted(ctx, xa, ya)
+    mutants, mutant_log, acc_orig, attempts, threshold, _ = accepted_mutants(ctx, xa, ya)
     where = "test" if e.mutants.accept_on == "test" else "held-out training"
     stats.update(mutant_attempts=attempts, mutants_accepted=len(mutants), accept_on=str(e.mutants.accept_on),
                  accept_images=len(ya), accept_accuracy=round(acc_orig, 6), accept_threshold=round(threshold, 6),

@@ -189,7 +189,8 @@ def feature_layers(model: nn.Module, spec: Any, x: Tensor) -> tuple[list[str], l
     return names, without
 
 
-def _features(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+def tap_features(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """{name: (N, D_name)} activations of the named tap layers on x (N, C, H, W), ``logits`` the output."""
     taps = [n for n in names if n != LOGITS]
     acts = activations(model, x, taps) if taps else {}
     if LOGITS in names:
@@ -257,7 +258,7 @@ def _label_chunk(ctx: RunContext, build, entries, images: list[Tensor], names: l
         s = len(idx)
         template.load_state_dict(entry.state)
         x = padded[j, :s]
-        feats = _features(template, x, names)
+        feats = tap_features(template, x, names)
         with torch.no_grad():
             logits = template(x)
         for k, v in confidence_scores(logits).items():
@@ -495,9 +496,34 @@ def _fit_or_load(ctx: RunContext, key: str, layers: list[str], feats: dict[str, 
     log.info("meta-network %s/%s/seed %d: best epoch %d of %d (%.1f s)", backbone, task, seed, fit.best_epoch,
              len(fit.curve), seconds)
     state = {k: v.cpu() for k, v in fit.net.state_dict().items()}
+    # dataset and zoo architecture: experiment=signals finds a stored meta-network for its model by them
     write_torch(path, dict(state=state, best_epoch=fit.best_epoch, curve=fit.curve, layers=layers, dims=dims,
-                           backbone=backbone, task=task, meta=OmegaConf.to_container(m, resolve=True)))
+                           backbone=backbone, task=task, meta=OmegaConf.to_container(m, resolve=True),
+                           dataset=ctx.data.name, model=str(e.zoo.model)))
     return dict(net=fit.net.cpu().eval(), best_epoch=fit.best_epoch, curve=fit.curve, path=path)
+
+
+def stored_classifier(cache_dir: Path, dataset: str, model: str) -> tuple[MetaNetwork, list[str], Path] | None:
+    """The newest stored meta-network that classifies correctness from the activations of a ``model``
+    zoo on ``dataset`` (written by this experiment under ``cache_dir/meta_networks``), as (network in
+    eval mode, its feature layers, its file); None when none is stored. Files written before the
+    dataset and architecture were kept with them cannot be matched and are passed over."""
+    found = []
+    for path in (Path(cache_dir) / "meta_networks").glob("*.pt"):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file is no candidate
+            continue
+        if saved.get("task") == "classification" and saved.get("dataset") == dataset and saved.get("model") == model:
+            found.append((path.stat().st_mtime, path, saved))
+    if not found:
+        return None
+    _, path, saved = max(found, key=lambda f: (f[0], str(f[1])))
+    m = saved["meta"]
+    net = MetaNetwork(list(saved["dims"]), backbone=saved["backbone"], task="classification", width=int(m["width"]),
+                      layers=int(m["layers"]), bias=bool(m["bias"]), decoder_layers=int(m["decoder_layers"]))
+    net.load_state_dict(saved["state"])
+    return net.eval(), list(saved["layers"]), path
 
 
 def own_models(cfg: DictConfig) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -54,6 +55,8 @@ class Experiment:
         own_models: for an experiment that trains and stores its own models (the meta-network's
             zoo): cfg -> the ``model`` and ``training`` identity columns. The runner then obtains no
             model (``ctx.model`` is None) and the run's ``model`` / ``training`` columns are these.
+        check_data: (cfg, data as loaded) -> None, raising BoundaryError with one clear line when the
+            run cannot work on that data (before any model is obtained or other check is made).
     """
 
     name: str
@@ -69,3 +72,4 @@ class Experiment:
     modifier: Callable[[DictConfig], DataModifier | None] = lambda cfg: None
     needs_aum: Callable[[DictConfig], bool] = lambda cfg: False
     own_models: Callable[[DictConfig], dict[str, str]] | None = None
+    check_data: Callable[[DictConfig, Any], None] = lambda cfg, data: None

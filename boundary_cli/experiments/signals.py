@@ -1,205 +1,157 @@
-"""experiment=signals: per-sample boundary signals ranked as detectors of wrong predictions, beside the
-simple confidence baselines, with what each costs (issue 17, task a; first part).
+"""experiment=signals: every per-sample boundary signal of one model ranked as a detector, beside the
+simple confidence baselines, with what each costs (issue 17).
 
-On seeded test samples of one model: the maximum softmax probability, the logit margin and the
-entropy (one forward); DeepFool's margin in the full space and in the lowest and highest diagonal DCT
-block (one batched DeepFool pass serves the three); the tight (refined) full-space margin started at
-DeepFool's point; the noise-robustness ratio (the share of Gaussian copies that keep the prediction);
-the nearest flip distance and the number of multiple hits from one set of fixed-step walks toward
-every other class (decision-flip family: a hit is a walk toward t that first enters another class);
-the weight-space distance (DeepFool in weight space against the prediction: experiment=
-weights_boundary's computation and cache). Each is rated for telling wrong from right predictions
-(AUROC, AUPR of the errors, FPR at 95% TPR, bootstrap intervals) by detectors/signal_ranking.py, and a cross-fitted logistic regression over all
-of them is the "everything" row. Work is chunked and cached; a chunk keeps what it cost to compute,
-so the cost columns are the same when a later run reuses it (the weight-space distance, cached by
-weights_boundary, counts only the points computed in this run).
+Two tasks (``experiment.task``), each with its own per-sample table:
 
-Not built yet (the issue's other signals and task b): label change rate and conductance, the
-meta-network's score, and the mislabeled-point task with the training loss.
+* ``errors`` (a): wrong predictions among seeded test samples; AUROC, AUPR of the errors, FPR at 95%
+  TPR. No signal reads the label (it is the answer), so the loss and the weight-space distance
+  against the label are refused here.
+* ``mislabeled`` (b): mislabeled points among a seeded subset of the training split, after label
+  noise was injected into the whole split and the model trained on it (experiment=mislabel's
+  protocol and modifier); AUROC, precision at the number of noisy points, AUPR.
+
+Signals (experiments/signal_measures.py says what work serves which): maximum softmax probability,
+logit margin, entropy; DeepFool's margin in the full space and the lowest and highest DCT band; the
+tight (refined) margin; the noise-robustness ratio; the nearest flip distance and multiple hits; the
+label change rate under weight mutants (lcr) and the lcr reference's detectors on it and the
+layer conductance (p_cond, p_both: learned, so cross-fitted over the samples' folds, see
+detectors/detection.py); the weight-space distance against the prediction and, task b, against the
+given label; the loss at the given label (task b); the score of a stored meta-network of the model's
+family (experiment=meta_network), where one exists. Each is rated by detectors/signal_ranking.py,
+and a cross-fitted logistic regression over every signal that is not itself learned on these folds
+is the "everything" row.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from omegaconf import DictConfig
 
-from boundary_cli.detectors.confidence import confidence_scores
-from boundary_cli.detectors.noise_robustness import noise_draws, noise_robustness
+from boundary_cli.data.images import ImageData
+from boundary_cli.data.label_noise import label_noise, noisy_labels
+from boundary_cli.data.modifier import DataModifier
+from boundary_cli.detectors.detection import cross_fitted_lcr_scores
 from boundary_cli.detectors.signal_ranking import (
     ERROR_METRICS,
+    MISLABEL_METRICS,
     cross_fitted_combination,
     oriented,
     rank_signals,
     spearman_matrix,
+    stratified_folds,
 )
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
-from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
-from boundary_cli.experiments.margin import (
-    deepfool_params,
-    refine_params,
-    select_samples,
-)
+from boundary_cli.experiments.context import ExperimentOutput, RunContext
+from boundary_cli.experiments.lcr import mlp_params, validate_mutants
+from boundary_cli.experiments.margin import refine_params, select_samples
 from boundary_cli.experiments.registry import Experiment
-from boundary_cli.experiments.walking import validate_walk, walk_params
-from boundary_cli.experiments.weights_boundary import chosen_parameters, weight_distances, weight_params
-from boundary_cli.geometry.dct import DCTBlock
-from boundary_cli.geometry.deepfool import batch_rows_for_budget, deepfool_subspaces
-from boundary_cli.geometry.refine import refine
-from boundary_cli.geometry.walks import OWN, nearest_flip, walk_to_classes
-from boundary_cli.geometry.walks import batch_rows_for_budget as walk_batch_rows
+from boundary_cli.experiments.signal_measures import find_meta_network, measure
+from boundary_cli.experiments.walking import validate_walk
+from boundary_cli.experiments.weights_boundary import weight_params
 from boundary_cli.reporting.comparison import signals_comparison
 from boundary_cli.reporting.roc import dress_error_roc, roc_curve_line
 
 log = logging.getLogger(__name__)
 
-CHUNK_FORMAT = 1
-# signal -> (direction: "high" = a high value means a likely error, the work it needs)
+# signal -> (direction: "high" = a high value means a likely positive, the work it needs)
 SIGNALS = {
     "msp": ("low", "logits"), "logit_margin": ("low", "logits"), "entropy": ("high", "logits"),
     "deepfool_full": ("low", "deepfool"), "deepfool_low": ("low", "deepfool"), "deepfool_high": ("low", "deepfool"),
     "tight_margin": ("low", "deepfool+refine"), "noise_ratio": ("low", "noise"),
     "flip_distance": ("low", "walks"), "multiple_hits": ("high", "walks"),
-    "weight_distance": ("low", "weights"),
+    "lcr": ("high", "mutant_acceptance+mutants"), "p_cond": ("high", "conductance+lcr_detectors"),
+    "p_both": ("high", "mutant_acceptance+mutants+conductance+lcr_detectors"),
+    "weight_distance": ("low", "weights"), "weight_distance_label": ("low", "weights_label"),
+    "loss": ("high", "logits"), "meta_network": ("low", "meta_network"),
 }
+TASKS = ("errors", "mislabeled")
+LABEL_SIGNALS = ("weight_distance_label", "loss")  # read the given label: task b only
+LEARNED = ("p_cond", "p_both")  # fitted on the samples' own folds: not inputs of the combination
 COMBINED = "everything"
+TASK_METRICS = dict(errors=ERROR_METRICS, mislabeled=MISLABEL_METRICS)
+POSITIVE = dict(errors="wrong", mislabeled="noisy")
+
+
+def noise_seed(cfg: DictConfig) -> int:
+    s = cfg.experiment.label_noise.seed
+    return int(cfg.seed) if s is None else int(s)
+
+
+def modifier(cfg: DictConfig) -> DataModifier | None:
+    """Task b trains the model on the noisy labels (its own store key); task a on the data as it is."""
+    if cfg.experiment.task != "mislabeled":
+        return None
+    return label_noise(float(cfg.experiment.label_noise.rate), noise_seed(cfg))
+
+
+def check_data(cfg: DictConfig, data: ImageData) -> None:
+    if cfg.experiment.task == "mislabeled" and len(data.train_y) == 0:
+        raise BoundaryError(f"experiment.task=mislabeled scores training points under injected label noise, and "
+                            f"dataset={data.name} has no training split here; use experiment.task=errors")
+
+
+def requested(cfg: DictConfig) -> list[str]:
+    """The signals the run asks for: ``all`` is every signal its task admits, in table order."""
+    e = cfg.experiment
+    if isinstance(e.signals, str):
+        if e.signals != "all":
+            raise BoundaryError(f"experiment.signals must be all or a list of signals, got {e.signals!r}")
+        return [s for s in SIGNALS if e.task == "mislabeled" or s not in LABEL_SIGNALS]
+    return [str(s) for s in e.signals]
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the experiment section (signal names, sizes, DeepFool and refinement settings)."""
+    """Check the experiment section (task, signal names, sizes, the settings of each signal's work)."""
     e = cfg.experiment
-    bad = [s for s in e.signals if s not in SIGNALS]
+    if e.task not in TASKS:
+        raise BoundaryError(f"unknown experiment.task {e.task!r}; valid: {', '.join(TASKS)}")
+    wanted = requested(cfg)
+    bad = [s for s in wanted if s not in SIGNALS]
     if bad:
         raise BoundaryError(f"unknown signal(s) {', '.join(map(repr, bad))} in experiment.signals; valid: "
                             f"{', '.join(SIGNALS)}")
-    if not len(e.signals):
+    if not wanted:
         raise BoundaryError("experiment.signals is empty; name at least one of: " + ", ".join(SIGNALS))
+    label = [s for s in wanted if s in LABEL_SIGNALS]
+    if label and e.task == "errors":
+        raise BoundaryError(f"signal(s) {', '.join(label)} read the given label, which on the test set is the answer "
+                            f"being detected: they belong to experiment.task=mislabeled")
     if e.n_samples != "all":
         positive_int(e.n_samples, "experiment.n_samples (or 'all')")
     positive_int(e.chunk_size, "experiment.chunk_size")
     positive_int(e.band_block, "experiment.band_block")
-    positive_int(e.noise.count, "experiment.noise.count")
-    positive_int(e.combination_folds, "experiment.combination_folds")
+    positive_int(e.gaussian.count, "experiment.gaussian.count")
+    if positive_int(e.combination_folds, "experiment.combination_folds") < 2:
+        raise BoundaryError("experiment.combination_folds must be at least 2")
     if isinstance(e.bootstrap, bool) or not isinstance(e.bootstrap, int) or e.bootstrap < 0:
         raise BoundaryError(f"experiment.bootstrap must be an integer >= 0 (resamples), got {e.bootstrap!r}")
-    if "tight_margin" in e.signals and str(e.refine) == "none":
+    if "tight_margin" in wanted and str(e.refine) == "none":
         raise BoundaryError("signal tight_margin needs a refinement: set experiment.refine=descent (or bisect)")
     refine_params(e)
     validate_walk(e.walk, modes=("targeted",))
-    if e.weights.against != "prediction":
-        raise BoundaryError("experiment.weights.against must be prediction here: on the test set the label is the "
-                            "answer being detected (against the label belongs to the mislabeled-point task)")
     weight_params(e)
-
-
-def _bands(n: int, block: int, channels: int) -> list[DCTBlock]:
-    if block > n:
-        raise BoundaryError(f"experiment.band_block={block} is larger than the {n}x{n} images")
-    return [DCTBlock(0, block, channels * block * block), DCTBlock(n - block, block, channels * block * block)]
-
-
-def _measure(ctx: RunContext, chunks: list[Tensor], wanted: set[str]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """Every wanted signal for the samples of ``chunks``, chunk by chunk (cached), and the cost of
-    each kind of work (forwards, backwards, seconds, samples) as computed, reused chunks included."""
-    e, data = ctx.cfg.experiment, ctx.data
-    c, (h, w) = data.channels, data.image_size
-    if h != w:
-        raise BoundaryError(f"experiment=signals needs square images for its DCT bands; {data.name} is {h}x{w}")
-    params = deepfool_params(e, data.value_range)
-    rparams = refine_params(e)
-    bands = _bands(w, int(e.band_block), c)
-    model = ctx.model
-    need_df = bool(wanted & {"deepfool_full", "deepfool_low", "deepfool_high", "tight_margin"})
-    need_refine = "tight_margin" in wanted
-    need_noise = "noise_ratio" in wanted
-    need_walks = bool(wanted & {"flip_distance", "multiple_hits"})
-    wparams = walk_params(e.walk, data.value_range)
-    kc = min(params.candidates, data.num_classes)
-    example = data.test_x[:1].to(ctx.device)
-    walk_rows = walk_batch_rows(model, example, ctx.memory_budget) if need_walks else 0
-    batch_rows = batch_rows_for_budget(model, example, kc, ctx.memory_budget) if need_df else 0
-    noise = noise_draws(int(e.noise.count), (c, h, w), int(e.noise.seed)) if need_noise else None
-    param_stack = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def compute(x: Tensor, progress: Callable[[int], None]) -> Computed:
-        out: dict[str, Tensor] = {}
-        cost: dict[str, list[float]] = {}
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            logits = model(x)
-        out.update({k: v.cpu() for k, v in confidence_scores(logits).items()})
-        out["prediction"] = logits.argmax(1).cpu()
-        cost["logits"] = [len(x), 0, time.perf_counter() - t0]
-        if need_df:
-            t0 = time.perf_counter()
-            res = deepfool_subspaces(model, x, bands, params, include_full=True, batch_rows=batch_rows,
-                                     keep_perturbation=need_refine)
-            out.update(deepfool_full=res.margin[0].cpu(), deepfool_low=res.margin[1].cpu(),
-                       deepfool_high=res.margin[2].cpu())
-            cost["deepfool"] = [res.n_forward, res.n_backward, time.perf_counter() - t0]
-            if need_refine:
-                t0 = time.perf_counter()
-                r = refine(model, x, res.perturbation[0], res.prediction[0], rparams, clip=params.clip,
-                           batch_rows=batch_rows, tf32=params.tf32)
-                # a row DeepFool could not move keeps DeepFool's (inf) margin
-                out["tight_margin"] = torch.where(r.refined.cpu(), r.margin.cpu(), res.margin[0].cpu())
-                cost["refine"] = [r.n_forward, r.n_backward, time.perf_counter() - t0]
-        if need_noise:
-            t0 = time.perf_counter()
-            per_call = max(1, min(len(noise), 4096 // max(1, len(x))))
-            rob = noise_robustness(model, param_stack, x.unsqueeze(0), noise, scale=float(e.noise.scale),
-                                   buffers=buffers, draws_per_call=per_call)
-            out["noise_ratio"] = rob.ratio[0].cpu()
-            cost["noise"] = [len(x) * (len(noise) + 1), 0, time.perf_counter() - t0]
-        if need_walks:
-            t0 = time.perf_counter()
-            res = walk_to_classes(model, x, torch.arange(data.num_classes, device=x.device), wparams,
-                                  batch_rows=walk_rows, keep_points=False)
-            _, dist = nearest_flip(res.status, res.l2)
-            entered = res.first_exit
-            hits = (entered >= 0) & (entered != res.target) & (res.status != OWN)
-            out.update(flip_distance=dist.cpu(), multiple_hits=hits.sum(1).cpu().to(torch.float32))
-            cost["walks"] = [res.n_forward, res.n_backward, time.perf_counter() - t0]
-        for kind, (f, b, s) in cost.items():
-            out[f"cost_{kind}"] = torch.tensor([f, b, s, len(x)], dtype=torch.float64)
-        progress(len(x))
-        fwd = int(sum(v[0] for v in cost.values()))
-        bwd = int(sum(v[1] for v in cost.values()))
-        return Computed(out, fwd, bwd)
-
-    key = dict(signals=sorted(wanted - {"weight_distance"}), bands=[[b.offset, b.block] for b in bands], **params.key(),
-               refine=rparams.key() if need_refine else None,
-               noise=OmegaConf.to_container(e.noise) if need_noise else None,
-               walk=wparams.key() if need_walks else None)
-    run = ctx.cached_chunks("signals", chunks, compute, fmt=CHUNK_FORMAT, params=key, rows=len,
-                            load=lambda idx: data.test_x[idx].to(ctx.device), unit="sample", desc="signals")
-    values = {k: run.cat(k).numpy() for k in run.parts[0] if not k.startswith("cost_")} if run.parts else {}
-    costs: dict[str, dict] = {}
-    for part in run.parts:
-        for k, v in part.items():
-            if k.startswith("cost_"):
-                acc = costs.setdefault(k[len("cost_"):], dict(forwards=0.0, backwards=0.0, seconds=0.0, samples=0.0))
-                for name, x in zip(("forwards", "backwards", "seconds", "samples"), v.tolist()):
-                    acc[name] += x
-    if "weight_distance" in wanted:
-        names = chosen_parameters(model, e.weights.params)
-        idx = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
-        wrun, wvalues = weight_distances(ctx, data.test_x, data.test_y, idx, int(e.chunk_size), weight_params(e),
-                                         names, "prediction", "auto", desc="weight-space distance")
-        values["weight_distance"] = wvalues["distance"]
-        # reused chunks cost nothing in this run: the per-sample cost is over the points computed now
-        costs["weights"] = dict(forwards=float(wrun.forwards), backwards=float(wrun.backwards),
-                                seconds=float(wrun.seconds), samples=float(wrun.computed_rows))
-    return values, costs
+    validate_mutants(e.mutants)
+    if e.mutants.accept_on != "test":
+        raise BoundaryError("experiment.mutants.accept_on must be test here (the lcr reference): the training "
+                            "points may be the very ones scored (task b)")
+    if e.conductance.baseline not in ("mean", "zero"):
+        raise BoundaryError(f"unknown experiment.conductance.baseline {e.conductance.baseline!r}; valid: mean, zero")
+    positive_int(e.conductance.n_steps, "experiment.conductance.n_steps")
+    for name in ("cond_mlp", "combined_mlp"):
+        mlp_params(e.detectors[name])
+    if str(e.meta_network) not in ("auto", "none"):
+        raise BoundaryError(f"experiment.meta_network must be auto (a stored meta-network of the model's family, "
+                            f"where one exists) or none, got {e.meta_network!r}")
+    if e.task == "mislabeled":
+        rate = e.label_noise.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            raise BoundaryError(f"experiment.label_noise.rate must be a number in (0, 1), got {rate!r}")
 
 
 def _signal_cost(work: str, costs: dict[str, dict]) -> dict[str, float]:
@@ -214,76 +166,131 @@ def _signal_cost(work: str, costs: dict[str, dict]) -> dict[str, float]:
                 seconds_per_sample=per_sample("seconds"))
 
 
-def run(ctx: RunContext) -> ExperimentOutput:
+def _targets(ctx: RunContext) -> tuple[object, object, object, np.ndarray, dict]:
+    """(images, given labels of all images, chosen indices, positive (N,), task columns and stats)."""
     e, data = ctx.cfg.experiment, ctx.data
-    wanted = [str(s) for s in e.signals]
-    chosen = select_samples(len(data.test_y), e.n_samples, int(e.sample_seed))
-    chunks = list(chosen.split(int(e.chunk_size)))
-    values, costs = _measure(ctx, chunks, set(wanted))
-    labels = data.test_y[chosen].numpy()
-    wrong = values["prediction"] != labels
-    n_wrong = int(wrong.sum())
-    if n_wrong == 0 or n_wrong == len(wrong):
-        raise BoundaryError(f"the model is {'right' if n_wrong == 0 else 'wrong'} on all {len(wrong)} samples: "
-                            f"there is nothing to detect; raise experiment.n_samples")
-    signals = {s: values[s].astype(float) for s in wanted}
-    directions = {s: SIGNALS[s][0] for s in wanted}
-    per_sample = pd.DataFrame({**ctx.identity, "sample_index": chosen.numpy(), "label": labels,
-                               "prediction": values["prediction"], "wrong": wrong, **signals})
+    if e.task == "errors":
+        chosen = select_samples(len(data.test_y), e.n_samples, int(e.sample_seed))
+        return data.test_x, data.test_y, chosen, None, dict(columns=dict(label=data.test_y[chosen].numpy()))
+    rate, seed = float(e.label_noise.rate), noise_seed(ctx.cfg)
+    given, noisy_all = noisy_labels(data.train_y, data.num_classes, rate, seed)
+    chosen = select_samples(len(given), e.n_samples, int(e.sample_seed))
+    noisy = noisy_all[chosen].numpy()
+    columns = dict(label_given=given[chosen].numpy(), label_true=data.train_y[chosen].numpy())
+    return data.train_x, given, chosen, noisy, dict(columns=columns, rate=rate, seed=seed,
+                                                    realised_rate=float(noisy_all.float().mean()))
 
+
+def run(ctx: RunContext) -> ExperimentOutput:
+    e = ctx.cfg.experiment
+    task = str(e.task)
+    wanted = requested(ctx.cfg)
+    notes: dict[str, object] = {}
+    meta = None
+    if "meta_network" in wanted:
+        meta, why = (None, "experiment.meta_network=none") if str(e.meta_network) == "none" else find_meta_network(ctx)
+        if meta is None:
+            if not isinstance(e.signals, str):
+                raise BoundaryError(f"signal meta_network asked for, but {why}")
+            log.warning("signals: no meta_network row: %s", why)
+            notes["meta_network"] = why
+            wanted.remove("meta_network")
+    images, labels, chosen, noisy, info = _targets(ctx)
+    measured = measure(ctx, images, labels, chosen, set(wanted), meta=meta)
+    values, costs = measured.values, measured.costs
+    notes.update(measured.notes)
+    prediction = values["prediction"]
+    if task == "errors":
+        positive = prediction != info["columns"]["label"]
+    else:
+        positive = noisy.astype(bool)
+    n_pos, n = int(positive.sum()), len(positive)
+    what = "wrong predictions" if task == "errors" else "mislabeled points"
+    if n_pos == 0 or n_pos == n:
+        raise BoundaryError(f"{'all' if n_pos == n else 'none'} of the {n} samples are {what}: there is nothing to "
+                            f"detect; raise experiment.n_samples{' or experiment.label_noise.rate' if task != 'errors' else ''}")
     folds = int(e.combination_folds)
+    fold = stratified_folds(positive, folds, int(e.sample_seed)) if min(n_pos, n - n_pos) >= folds else None
+    learned = [s for s in wanted if s in LEARNED]
+    if learned and fold is None:
+        raise BoundaryError(f"signals {', '.join(learned)} are cross-fitted over {folds} folds and {n_pos} {what} "
+                            f"are too few; raise experiment.n_samples or leave them out")
+    if learned:
+        t0 = time.perf_counter()
+        p_cond, p_both = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),
+                                                 values["conductance"], cond=mlp_params(e.detectors.cond_mlp),
+                                                 combined=mlp_params(e.detectors.combined_mlp),
+                                                 seed=int(e.sample_seed))
+        values.update(p_cond=p_cond, p_both=p_both)
+        costs["lcr_detectors"] = dict(forwards=0.0, backwards=0.0, seconds=time.perf_counter() - t0, samples=float(n))
+    signals = {s: np.asarray(values[s], dtype=float) for s in wanted}
+    directions = {s: SIGNALS[s][0] for s in wanted}
+    per_sample = pd.DataFrame({**ctx.identity, "task": task, "sample_index": chosen.numpy(), **info["columns"],
+                               "prediction": prediction, POSITIVE[task]: positive, **signals})
+    inputs = [s for s in wanted if s not in LEARNED]
     combined = None
-    if len(wanted) > 1 and min(n_wrong, len(wrong) - n_wrong) >= folds:
-        combined, fold = cross_fitted_combination(np.stack([signals[s] for s in wanted], 1), wrong, folds=folds,
-                                                  seed=int(e.sample_seed))
+    if len(inputs) > 1 and fold is not None:
+        combined, _ = cross_fitted_combination(np.stack([signals[s] for s in inputs], 1), positive, fold=fold)
         per_sample[COMBINED] = combined
+    elif len(inputs) > 1:
+        log.warning("signals: %d %s are too few for a %d-fold combination; no '%s' row", n_pos, what, folds, COMBINED)
+    if fold is not None:
         per_sample["fold"] = fold
-    elif len(wanted) > 1:
-        log.warning("signals: %d wrong predictions are too few for a %d-fold combination; no '%s' row",
-                    n_wrong, folds, COMBINED)
-    rated = dict(signals)
-    rated_dirs = dict(directions)
+    rated, rated_dirs = dict(signals), dict(directions)
     if combined is not None:
         rated[COMBINED], rated_dirs[COMBINED] = combined, "high"
-    rows = rank_signals(rated, rated_dirs, wrong, ERROR_METRICS, n_boot=int(e.bootstrap), seed=int(e.sample_seed))
+    rows = rank_signals(rated, rated_dirs, positive, TASK_METRICS[task], n_boot=int(e.bootstrap),
+                        seed=int(e.sample_seed))
     cost_of = {s: _signal_cost(SIGNALS[s][1], costs) for s in wanted}
     if combined is not None:
-        works = sorted({k for s in wanted for k in SIGNALS[s][1].split("+")})
+        works = sorted({k for s in inputs for k in SIGNALS[s][1].split("+")})
         cost_of[COMBINED] = _signal_cost("+".join(works), costs)
-    ranking = pd.DataFrame([{**ctx.identity, "task": "errors", "signal": r.signal, "direction": rated_dirs[r.signal],
+    ranking = pd.DataFrame([{**ctx.identity, "task": task, "signal": r.signal, "direction": rated_dirs[r.signal],
                              "metric": r.metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                             **cost_of[r.signal]} for r in rows])
+                             "n_samples": n, "n_positive": n_pos, **cost_of[r.signal]} for r in rows])
     cost_table = pd.DataFrame([{**ctx.identity, "work": k, **{m: v[m] for m in ("forwards", "backwards", "seconds")},
                                 "samples": int(v["samples"]),
                                 "used_by": " ".join(s for s in wanted if k in SIGNALS[s][1].split("+"))}
                                for k, v in costs.items()])
     corr = spearman_matrix(signals)
     spearman = pd.DataFrame(corr, index=wanted, columns=wanted).rename_axis("signal").reset_index()
-    best = ranking[(ranking.metric == "auroc") & (ranking.signal != COMBINED)].sort_values("value").iloc[-1]
-    log.info("signals: %d samples, %d wrong; best single signal %s (AUROC %.3f)%s", len(wrong), n_wrong,
-             best.signal, best.value,
-             f", everything {ranking[(ranking.metric == 'auroc') & (ranking.signal == COMBINED)].value.iloc[0]:.3f}"
-             if combined is not None else "")
-    figures = dict(roc_errors=_roc_figure(rated, rated_dirs, wrong, ctx.title(f"{n_wrong} wrong of {len(wrong)}")),
-                   spearman=_spearman_figure(corr, wanted, ctx.title("Spearman correlation between the signals")))
+    auroc = ranking[ranking.metric == "auroc"].set_index("signal")["value"]
+    best = auroc.drop(COMBINED, errors="ignore").idxmax()
+    log.info("signals (%s): %d samples, %d %s; best single signal %s (AUROC %.3f)%s", task, n, n_pos, what, best,
+             auroc[best], f", everything {auroc[COMBINED]:.3f}" if combined is not None else "")
+    extra = (f"{n_pos} wrong of {n} test samples" if task == "errors" else
+             f"{n_pos} mislabeled of {n} training points (noise {info['rate']:g})")
+    figures = {f"roc_{task}": _roc_figure(rated, rated_dirs, positive, ctx.title(extra), task),
+               "spearman": _spearman_figure(corr, wanted, ctx.title("Spearman correlation between the signals"))}
     work_totals = {k: {m: round(v[m], 3) for m in ("forwards", "backwards", "seconds")} for k, v in costs.items()}
-    return ExperimentOutput(tables=dict(signals_errors=per_sample, ranking=ranking, costs=cost_table,
-                                        spearman=spearman),
-                            figures=figures,
-                            stats=dict(n_samples=int(len(wrong)), n_wrong=n_wrong, signal_costs=work_totals,
-                                       n_forward=int(sum(v["forwards"] for v in costs.values())),
-                                       n_backward=int(sum(v["backwards"] for v in costs.values()))))
+    stats = dict(task=task, n_samples=n, n_positive=n_pos, signals=wanted, signal_costs=work_totals,
+                 best_signal=dict(signal=best, auroc=round(float(auroc[best]), 4)),
+                 n_forward=int(np.nansum([v["forwards"] for v in costs.values()])),
+                 n_backward=int(np.nansum([v["backwards"] for v in costs.values()])),
+                 seconds=round(float(np.nansum([v["seconds"] for v in costs.values()])), 3), **notes)
+    if combined is not None:
+        stats["everything_auroc"] = round(float(auroc[COMBINED]), 4)
+    if task == "mislabeled":
+        stats["label_noise"] = dict(rate=info["rate"], seed=info["seed"], realised_rate=round(info["realised_rate"], 6))
+        stats["train_accuracy_given"] = float((prediction == info["columns"]["label_given"]).mean())
+    return ExperimentOutput(tables={f"signals_{task}": per_sample, "ranking": ranking, "costs": cost_table,
+                                    "spearman": spearman},
+                            figures=figures, stats=stats)
 
 
-def _roc_figure(signals: dict[str, np.ndarray], directions: dict[str, str], wrong: np.ndarray, title: str) -> Figure:
-    """One ROC curve per signal (the combination thick and black), for the wrong predictions."""
+def _roc_figure(signals: dict[str, np.ndarray], directions: dict[str, str], positive: np.ndarray, title: str,
+                task: str) -> Figure:
+    """One ROC curve per signal (the combination thick and black), for the task's positives."""
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
     for i, (name, values) in enumerate(signals.items()):
         style = dict(color="black", lw=2.2) if name == COMBINED else dict(color=f"C{i}", lw=1.3)
-        roc_curve_line(ax, wrong, np.nan_to_num(oriented(values, directions[name]), posinf=1e30, neginf=-1e30),
+        roc_curve_line(ax, positive, np.nan_to_num(oriented(values, directions[name]), posinf=1e30, neginf=-1e30),
                        name, **style)
-    dress_error_roc(ax, f"Detecting wrong predictions with each signal\n{title}", legend_fontsize=7)
+    what, other = ("wrong predictions", "right predictions") if task == "errors" else \
+        ("mislabeled points", "correctly labeled points")
+    dress_error_roc(ax, f"Detecting {what} with each signal\n{title}", legend_fontsize=7, positive=what,
+                    negative=other)
     return fig
 
 
@@ -303,5 +310,6 @@ def _spearman_figure(corr: np.ndarray, names: list[str], title: str) -> Figure:
 
 
 EXPERIMENT = Experiment(name="signals", validate=validate, run=run,
-                        tables=("ranking", "signals_errors", "costs", "spearman"),
-                        figures=("roc_errors", "spearman"), compare=signals_comparison, compare_name="auroc")
+                        tables=("ranking", "signals_errors", "signals_mislabeled", "costs", "spearman"),
+                        figures=("spearman",), compare=signals_comparison, compare_name="auroc",
+                        modifier=modifier, check_data=check_data)

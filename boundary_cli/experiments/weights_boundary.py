@@ -11,6 +11,7 @@ rows that move away from their class use the closed form; the others run the gen
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -118,6 +119,7 @@ def weight_distances(ctx: RunContext, x_all: Tensor, y_all: Tensor, idx: Tensor,
 
     def compute(loaded: tuple[Tensor, Tensor], progress: Callable[[int], None]) -> Computed:
         x, y = loaded
+        t0 = time.perf_counter()
         with torch.no_grad():
             pred = ctx.model(x).argmax(1)
         ref = pred if against == "prediction" else y
@@ -148,8 +150,10 @@ def weight_distances(ctx: RunContext, x_all: Tensor, y_all: Tensor, idx: Tensor,
             adv[closed] = -1  # not evaluated: the closed form's point ties two classes
         progress(len(x))
         signed = torch.where(toward, -dist, dist)
+        # what the chunk cost, kept with it so a later run that reuses it can still say (forwards, backwards, s)
+        cost = torch.tensor([fwd + len(x), bwd, time.perf_counter() - t0], dtype=torch.float64)
         return Computed(dict(distance=signed, iterations=iters, stopped_by=stop, adv_label=adv, prediction=pred,
-                             closed_form=closed), fwd, bwd)
+                             closed_form=closed, cost=cost), fwd, bwd)
 
     key = dict(names=names, against=against, max_iter=params.max_iter, eps=params.eps, overshoot=params.overshoot,
                candidates=params.candidates)

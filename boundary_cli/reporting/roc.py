@@ -19,11 +19,12 @@ def roc_curve_line(ax: Axes, wrong: np.ndarray, score: np.ndarray, label: str, *
     return auroc
 
 
-def dress_error_roc(ax: Axes, title: str, legend_fontsize: float = 8) -> None:
-    """The chance diagonal, the axis names of an error detector's ROC, ``title`` and the legend in
-    the lower right."""
+def dress_error_roc(ax: Axes, title: str, legend_fontsize: float = 8, positive: str = "wrong predictions",
+                    negative: str = "right predictions") -> None:
+    """The chance diagonal, the axis names of an error detector's ROC (what the ``positive`` and
+    ``negative`` samples are), ``title`` and the legend in the lower right."""
     ax.plot([0, 1], [0, 1], color="lightgray", lw=1)
-    ax.set_xlabel("false positive rate (right predictions flagged)")
-    ax.set_ylabel("true positive rate (wrong predictions flagged)")
+    ax.set_xlabel(f"false positive rate ({negative} flagged)")
+    ax.set_ylabel(f"true positive rate ({positive} flagged)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=legend_fontsize, loc="lower right")

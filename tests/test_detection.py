@@ -12,6 +12,7 @@ from boundary_cli.detectors.detection import (
     MLPParams,
     apply_feature_scaling,
     cross_fitted_detectors,
+    cross_fitted_lcr_scores,
     evaluate_detector,
     fit_feature_scaling,
     out_of_fold_proba,
@@ -19,6 +20,7 @@ from boundary_cli.detectors.detection import (
     train_sklearn,
     youden_threshold,
 )
+from boundary_cli.detectors.signal_ranking import stratified_folds
 from boundary_cli.errors import BoundaryError
 from boundary_cli.models.resnet20 import ResNet20, resnet20
 
@@ -239,3 +241,49 @@ def test_resnet20_taps_are_post_relu_block_outputs():
 def test_resnet20_too_small_raises():
     with pytest.raises(BoundaryError, match=r"resnet20 takes any size >= 8x8; the dataset's images are 7x7"):
         resnet20(1, 10, (7, 7))
+
+
+def _planted_lcr(n=600, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < 0.25
+    features = rng.normal(size=(n, d))
+    features[:, 0] += 2.5 * wrong  # one conductance channel carries the answer
+    lcr = np.clip(rng.normal(0.2, 0.1, n) + 0.3 * wrong, 0, 1)
+    return wrong, lcr, features
+
+
+def test_cross_fitted_lcr_scores_learn_a_planted_channel_and_not_noise():
+    wrong, lcr, features = _planted_lcr()
+    fold = stratified_folds(wrong, 5, seed=0)
+    fast = MLPParams(epochs=5)
+    # 480 training rows: the reference's 30 epochs of batches of 100 are 150 steps and leave the small
+    # combined MLP near chance; experiment=signals trains it 300 epochs
+    both = MLPParams(hidden=(10, 10), dropout_after="last", epochs=300, batch_size=100)
+    p_cond, p_both = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, combined=both, seed=0)
+    assert roc_auc_score(wrong, p_cond) > 0.9
+    assert roc_auc_score(wrong, p_both) > 0.9  # lcr and p_cond both carry it
+    noise = np.random.default_rng(1).normal(size=features.shape)
+    p_noise, _ = cross_fitted_lcr_scores(fold, wrong, lcr, noise, cond=fast, seed=0)
+    assert abs(roc_auc_score(wrong, p_noise) - 0.5) < 0.1
+
+
+def test_cross_fitted_lcr_scores_never_see_their_own_fold():
+    wrong, lcr, features = _planted_lcr(n=300)
+    fold = stratified_folds(wrong, 5, seed=0)
+    fast = MLPParams(epochs=3)
+    a_cond, a_both = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, seed=0)
+    flipped = wrong.copy()
+    flipped[fold == 3] = ~flipped[fold == 3]  # fold 3's answers changed: its own scores must not move
+    b_cond, b_both = cross_fitted_lcr_scores(fold, flipped, lcr, features, cond=fast, seed=0)
+    held = fold == 3
+    assert np.array_equal(a_cond[held], b_cond[held]) and np.array_equal(a_both[held], b_both[held])
+    assert not np.allclose(a_cond[~held], b_cond[~held])  # the other folds trained on those answers
+
+
+def test_stratified_folds_share_the_positives_evenly():
+    positive = np.r_[np.ones(53, bool), np.zeros(447, bool)]
+    fold = stratified_folds(positive, 5, seed=0)
+    per_fold = [int(positive[fold == k].sum()) for k in range(5)]
+    assert sorted(set(fold.tolist())) == [0, 1, 2, 3, 4] and max(per_fold) - min(per_fold) <= 1
+    with pytest.raises(ValueError, match="at least 5 samples of each class, found 3"):
+        stratified_folds(np.r_[np.ones(3, bool), np.zeros(50, bool)], 5)

@@ -110,3 +110,26 @@ def test_real_fashion_mnist_with_the_reference_lenet5(tmp_path):
     assert info["meta_network"]["without_logits"] == info["meta_network"]["features"][:3]  # pool2, fc1, fc2
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"meta_gru", "meta_transformer"} <= set(m["method"])
+
+
+def test_signals_reads_the_stored_meta_network_of_the_model_family(digits_run):
+    """experiment=signals finds the classification meta-network this zoo stored and scores a model of
+    the same family with it (the probability of a right prediction, low = a likely error)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    root, env = digits_run
+    out = root / "signals"
+    boundary("run", "experiment=signals", "dataset=digits", "model=small_cnn", "training=quick",
+             "experiment.signals=[msp,meta_network]", "experiment.n_samples=all", "experiment.bootstrap=0",
+             f"hydra.run.dir={out}", cwd=root, env=env)
+    per = pd.read_csv(out / "signals_errors.csv")
+    info = json.loads((out / "run.json").read_text())
+    stored = Path(info["meta_network"])
+    assert stored.parent == root / "cache" / "meta_networks" and stored.exists()
+    assert per["meta_network"].between(0, 1).all() and per["meta_network"].nunique() > 10
+    ranking = pd.read_csv(out / "ranking.csv").set_index(["signal", "metric"])["value"]
+    assert ranking[("meta_network", "auroc")] == pytest.approx(roc_auc_score(per["wrong"], -per["meta_network"]))
+    costs = pd.read_csv(out / "costs.csv").set_index("work")
+    assert costs.loc["meta_network", "forwards"] == len(per) and costs.loc["meta_network", "used_by"] == "meta_network"
+    assert np.isfinite(ranking[("everything", "auroc")])

@@ -16,7 +16,6 @@ from sklearn.metrics import roc_auc_score
 
 from boundary_cli.experiments.signals import SIGNALS
 
-
 FAST = ["experiment.deepfool.max_iter=30", "experiment.refinement.steps=10", "experiment.gaussian.count=20",
         "experiment.bootstrap=50", "experiment.mutants.n_mutants=20", "experiment.mutants.max_attempts=200",
         "experiment.detectors.cond_mlp.epochs=5"]

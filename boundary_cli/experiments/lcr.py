@@ -27,7 +27,12 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from boundary_cli.detectors.conductance import layer_conductance
-from boundary_cli.detectors.detection import DROPOUT_MODES, SKLEARN_KINDS, MLPParams, cross_fitted_detectors
+from boundary_cli.detectors.detection import (
+    DROPOUT_MODES,
+    SKLEARN_KINDS,
+    MLPParams,
+    cross_fitted_detectors,
+)
 from boundary_cli.detectors.mutants import (
     ACCEPT_RULES,
     OPERATORS,
@@ -38,7 +43,13 @@ from boundary_cli.detectors.mutants import (
     predict_mutants,
 )
 from boundary_cli.errors import BoundaryError
-from boundary_cli.experiments.checks import int_list, layer_names, one_of, positive_int, positive_number
+from boundary_cli.experiments.checks import (
+    int_list,
+    layer_names,
+    one_of,
+    positive_int,
+    positive_number,
+)
 from boundary_cli.experiments.context import Computed, ExperimentOutput, RunContext
 from boundary_cli.experiments.registry import Experiment
 from boundary_cli.reporting.comparison import lcr_comparison

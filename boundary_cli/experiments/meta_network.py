@@ -35,10 +35,24 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor, nn
 
 from boundary_cli.cache import stable_hash, tensor_hash
-from boundary_cli.detectors.confidence import (CONFIDENCE_SCORES, auroc, balanced_accuracy, confidence_scores,
-                                              monotone_fit_r2, r2)
-from boundary_cli.detectors.meta_network import (BACKBONES, SPLITS, TASKS, MetaNetwork, fit_meta, model_image_parts,
-                                                 predict_meta, split_pairs)
+from boundary_cli.detectors.confidence import (
+    CONFIDENCE_SCORES,
+    auroc,
+    balanced_accuracy,
+    confidence_scores,
+    monotone_fit_r2,
+    r2,
+)
+from boundary_cli.detectors.meta_network import (
+    BACKBONES,
+    SPLITS,
+    TASKS,
+    MetaNetwork,
+    fit_meta,
+    model_image_parts,
+    predict_meta,
+    split_pairs,
+)
 from boundary_cli.detectors.noise_robustness import noise_draws, noise_robustness
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments.checks import positive_int
@@ -51,9 +65,19 @@ from boundary_cli.models.lenet5 import reinit_weights
 from boundary_cli.reporting.comparison import meta_network_comparison
 from boundary_cli.reporting.meta_plots import curves_figure, roc_figure, scatter_figure
 from boundary_cli.settings import cfg_path, lock_timeout
-from boundary_cli.training.obtain import build_model, data_fingerprint, input_normalization
+from boundary_cli.training.obtain import (
+    build_model,
+    data_fingerprint,
+    input_normalization,
+)
 from boundary_cli.training.store import CheckpointStore
-from boundary_cli.training.zoo import GRID, GRID_SIZE, draw_members, grid_members, member_record
+from boundary_cli.training.zoo import (
+    GRID,
+    GRID_SIZE,
+    draw_members,
+    grid_members,
+    member_record,
+)
 from boundary_cli.training.zoo_store import obtain_zoo
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,11 @@ from boundary_cli.experiments.lcr import accepted_mutants
 from boundary_cli.experiments.margin import deepfool_params, refine_params
 from boundary_cli.experiments.meta_network import stored_classifier, tap_features
 from boundary_cli.experiments.walking import walk_params
-from boundary_cli.experiments.weights_boundary import chosen_parameters, weight_distances, weight_params
+from boundary_cli.experiments.weights_boundary import (
+    chosen_parameters,
+    weight_distances,
+    weight_params,
+)
 from boundary_cli.geometry.dct import DCTBlock
 from boundary_cli.geometry.deepfool import batch_rows_for_budget, deepfool_subspaces
 from boundary_cli.geometry.refine import refine

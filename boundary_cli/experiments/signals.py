@@ -213,8 +213,14 @@ def run(ctx: RunContext) -> ExperimentOutput:
     fold = stratified_folds(positive, folds, int(e.sample_seed)) if min(n_pos, n - n_pos) >= folds else None
     learned = [s for s in wanted if s in LEARNED]
     if learned and fold is None:
-        raise BoundaryError(f"signals {', '.join(learned)} are cross-fitted over {folds} folds and {n_pos} {what} "
-                            f"are too few; raise experiment.n_samples or leave them out")
+        why = (f"{', '.join(learned)} are cross-fitted over {folds} folds, and {n_pos} {what} of {n} samples are too "
+               f"few")
+        if not isinstance(e.signals, str):
+            raise BoundaryError(f"signals {why}; raise experiment.n_samples or leave them out")
+        log.warning("signals: no %s rows: %s", " or ".join(learned), why)
+        notes["learned_signals"] = why
+        wanted = [s for s in wanted if s not in LEARNED]
+        learned = []
     if learned:
         t0 = time.perf_counter()
         p_cond, p_both = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),

@@ -162,13 +162,19 @@ def meta_network_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figu
 
 
 def signals_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
-    """AUROC of the wrong predictions per signal (the "everything" combination included), one bar per
-    run of a sweep (models, datasets), from the merged ``ranking``."""
+    """AUROC per signal (the "everything" combination included), one bar per run of a sweep (models,
+    datasets, tasks), from the merged ``ranking``; runs of both tasks are told apart in the legend."""
     ranking = tables.get("ranking")
     if ranking is None or not len(ranking):
         return None
-    rows = ranking[ranking["metric"] == "auroc"]
+    rows = ranking[ranking["metric"] == "auroc"].copy()
     if not len(rows):
         return None
-    return grouped_bars(rows[["label", "signal", "value"]], "signal", "value", "AUROC of the wrong predictions",
-                        f"boundary signals as error detectors: {title}")
+    tasks = set(rows["task"]) if "task" in rows else {"errors"}
+    if len(tasks) > 1:
+        rows["label"] = rows["label"].astype(str) + " (" + rows["task"].map(
+            {"errors": "wrong predictions", "mislabeled": "mislabeled points"}).fillna(rows["task"]) + ")"
+    what = "wrong predictions" if tasks == {"errors"} else "mislabeled points" if tasks == {"mislabeled"} else \
+        "the task's positives"
+    return grouped_bars(rows[["label", "signal", "value"]], "signal", "value", f"AUROC of {what}",
+                        f"boundary signals as detectors: {title}")

@@ -81,3 +81,36 @@ def test_a_second_call_loads_the_zoo_from_the_store_and_trains_nothing(tmp_path,
         assert a.key == b.key and a.test_accuracy == b.test_accuracy
         assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert first[0].key != first[1].key
+
+
+def _save_meta(path, dataset, model, task="classification", dims=(6, 4), seed=0):
+    import os
+
+    from boundary_cli.detectors.meta_network import MetaNetwork
+
+    torch.manual_seed(seed)
+    meta = dict(width=8, layers=1, bias=True, decoder_layers=2)
+    net = MetaNetwork(list(dims), backbone="gru", task=task, width=8, layers=1, decoder_layers=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(state=net.state_dict(), best_epoch=1, curve=[], layers=["a", "b"], dims=list(dims), backbone="gru",
+                    task=task, meta=meta, dataset=dataset, model=model), path)
+    os.utime(path, (1_000_000 + seed, 1_000_000 + seed))  # mtimes in the order the files are written
+    return net
+
+
+def test_stored_classifier_takes_the_newest_classifier_of_that_family_and_dataset(tmp_path):
+    from boundary_cli.experiments.meta_network import stored_classifier
+
+    store = tmp_path / "meta_networks"
+    assert stored_classifier(tmp_path, "digits", "small_cnn") is None
+    _save_meta(store / "old.pt", "digits", "small_cnn", seed=1)
+    newest = _save_meta(store / "new.pt", "digits", "small_cnn", seed=2)
+    _save_meta(store / "other_data.pt", "fashion_mnist", "small_cnn", seed=3)
+    _save_meta(store / "other_model.pt", "digits", "lenet5", seed=4)
+    _save_meta(store / "regression.pt", "digits", "small_cnn", task="regression", seed=5)
+    (store / "broken.pt").write_bytes(b"not a torch file")
+    net, layers, path = stored_classifier(tmp_path, "digits", "small_cnn")
+    assert path.name == "new.pt" and layers == ["a", "b"]
+    x = [torch.randn(3, 6), torch.randn(3, 4)]
+    newest.eval()
+    assert torch.equal(net(x), newest(x))

@@ -259,11 +259,11 @@ def test_cross_fitted_lcr_scores_learn_a_planted_channel_and_not_noise():
     # 480 training rows: the reference's 30 epochs of batches of 100 are 150 steps and leave the small
     # combined MLP near chance; experiment=signals trains it 300 epochs
     both = MLPParams(hidden=(10, 10), dropout_after="last", epochs=300, batch_size=100)
-    p_cond, p_both = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, combined=both, seed=0)
+    p_cond, p_both, _ = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, combined=both, seed=0)
     assert roc_auc_score(wrong, p_cond) > 0.9
     assert roc_auc_score(wrong, p_both) > 0.9  # lcr and p_cond both carry it
     noise = np.random.default_rng(1).normal(size=features.shape)
-    p_noise, _ = cross_fitted_lcr_scores(fold, wrong, lcr, noise, cond=fast, seed=0)
+    p_noise, _, _ = cross_fitted_lcr_scores(fold, wrong, lcr, noise, cond=fast, seed=0)
     assert abs(roc_auc_score(wrong, p_noise) - 0.5) < 0.1
 
 
@@ -271,12 +271,15 @@ def test_cross_fitted_lcr_scores_never_see_their_own_fold():
     wrong, lcr, features = _planted_lcr(n=300)
     fold = stratified_folds(wrong, 5, seed=0)
     fast = MLPParams(epochs=3)
-    a_cond, a_both = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, seed=0)
+    a_cond, a_both, a_seen = cross_fitted_lcr_scores(fold, wrong, lcr, features, cond=fast, seed=0)
     flipped = wrong.copy()
     flipped[fold == 3] = ~flipped[fold == 3]  # fold 3's answers changed: its own scores must not move
-    b_cond, b_both = cross_fitted_lcr_scores(fold, flipped, lcr, features, cond=fast, seed=0)
+    b_cond, b_both, b_seen = cross_fitted_lcr_scores(fold, flipped, lcr, features, cond=fast, seed=0)
     held = fold == 3
     assert np.array_equal(a_cond[held], b_cond[held]) and np.array_equal(a_both[held], b_both[held])
+    # what fold 3's stacked model sees (p_cond on every row) is untouched by fold 3's answers too
+    assert np.array_equal(a_seen[3], b_seen[3]) and np.array_equal(a_seen[3][held], a_cond[held])
+    assert not np.allclose(a_seen[3][~held], a_cond[~held])  # its training rows: out of fold inside them
     assert not np.allclose(a_cond[~held], b_cond[~held])  # the other folds trained on those answers
 
 

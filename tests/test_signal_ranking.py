@@ -145,3 +145,18 @@ def test_spearman_matrix_equals_scipy_and_handles_inf_and_nan():
     m = spearman_matrix(dict(inf=with_inf, a=a, nan=with_nan))
     assert m[0, 1] == pytest.approx(1.0)  # inf ranks where the largest value was
     assert m[1, 2] == pytest.approx(spearmanr(a[1:], c[1:]).statistic)
+
+
+def test_fold_columns_are_what_each_folds_model_sees():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 2))
+    y = rng.random(200) < 0.3
+    fold = np.arange(200) % 4
+    extra = {k: rng.normal(size=200) for k in range(4)}
+    scores, _ = cross_fitted_combination(x, y, fold=fold, fold_columns=extra)
+    k = 1
+    train, test = fold != k, fold == k
+    xk = np.hstack([x, extra[k][:, None]])
+    scale = StandardScaler().fit(xk[train])
+    alone = LogisticRegression(max_iter=1000).fit(scale.transform(xk[train]), y[train])
+    assert np.allclose(scores[test], alone.predict_proba(scale.transform(xk[test]))[:, 1], atol=1e-6)

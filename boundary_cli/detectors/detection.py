@@ -280,7 +280,7 @@ def cross_fitted_lcr_scores(fold: np.ndarray, positive: np.ndarray, lcr: np.ndar
                             cond: MLPParams = MLPParams(),
                             combined: MLPParams = MLPParams(hidden=(10, 10), dropout_after="last", epochs=30,
                                                             batch_size=100),
-                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """The lcr reference's two learned detectors, cross-fitted over given folds of the scored samples
     themselves, so no score comes from a detector that saw that sample's answer.
 
@@ -290,11 +290,14 @@ def cross_fitted_lcr_scores(fold: np.ndarray, positive: np.ndarray, lcr: np.ndar
     trained on the training part's [lcr, p_cond], where those p_cond values are themselves out-of-fold
     within the training part (:func:`out_of_fold_proba`), never fitted on fold k. ``positive`` (N,) is
     the target (1 = wrong prediction, or mislabeled point); ``fold`` (N,) ints in 0..k-1.
-    Returns (p_cond (N,), p_both (N,)).
+    Returns (p_cond (N,), p_both (N,), {k: (N,) p_cond as fold k's models see it: out-of-fold within
+    the training part on its rows, p_cond on fold k's}), the last for stacking p_cond into a further
+    cross-fitted model without its fold's answers.
     """
     fold, positive = np.asarray(fold), np.asarray(positive).astype(int)
     lcr, features = np.asarray(lcr, dtype=float), np.asarray(features, dtype=float)
     p_cond, p_both = np.empty(len(fold)), np.empty(len(fold))
+    seen: dict[int, np.ndarray] = {}
     folds = sorted(set(fold.tolist()))
     for k in folds:
         held, train = fold == k, fold != k
@@ -304,4 +307,6 @@ def cross_fitted_lcr_scores(fold: np.ndarray, positive: np.ndarray, lcr: np.ndar
         inner = out_of_fold_proba(tr, positive[train], cond, seed + 100 * (k + 1), max(2, len(folds) - 1))
         both_model = combined.train(np.stack([lcr[train], inner], 1), positive[train], seed + k)
         p_both[held] = both_model.predict_proba(np.stack([lcr[held], p_cond[held]], 1))
-    return p_cond, p_both
+        seen[k] = np.where(held, p_cond, 0.0)
+        seen[k][train] = inner
+    return p_cond, p_both, seen

@@ -169,19 +169,23 @@ def stratified_folds(positive: np.ndarray, folds: int = 5, seed: int = 0) -> np.
 
 
 def cross_fitted_combination(signals: np.ndarray, positive: np.ndarray, folds: int = 5,
-                             seed: int = 0, fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                             seed: int = 0, fold: np.ndarray | None = None,
+                             fold_columns: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probability of the positive class from a logistic regression over all signals
     (N, S): the samples are cut into ``folds`` stratified parts (:func:`stratified_folds`, seeded;
     or the given ``fold`` (N,)), and each part's scores come from a model fitted on the other parts
     only (standardised features, the non-finite rule of :func:`finite_features` with the training
-    parts' statistics). Returns (scores (N,), fold (N,))."""
+    parts' statistics). ``fold_columns`` {k: (N,) or (N, E)} adds columns that differ per fold: a
+    learned signal as fold k's model may see it (out-of-fold within the training parts, never fitted
+    on fold k's answers). Returns (scores (N,), fold (N,))."""
     x = np.asarray(signals, dtype=float)
     positive = np.asarray(positive, dtype=bool)
     fold = stratified_folds(positive, folds, seed) if fold is None else np.asarray(fold)
     scores = np.empty(len(positive), dtype=float)
     for k in sorted(set(fold.tolist())):
         train, test = fold != k, fold == k
-        xtr, xte = finite_features(x[train], x[test])
+        xk = x if fold_columns is None else np.hstack([x, np.asarray(fold_columns[k], dtype=float).reshape(len(x), -1)])
+        xtr, xte = finite_features(xk[train], xk[test])
         scale = StandardScaler().fit(xtr)
         model = LogisticRegression(max_iter=1000).fit(scale.transform(xtr), positive[train])
         scores[test] = model.predict_proba(scale.transform(xte))[:, 1]

@@ -18,8 +18,8 @@ layer conductance (p_cond, p_both: learned, so cross-fitted over the samples' fo
 detectors/detection.py); the weight-space distance against the prediction and, task b, against the
 given label; the loss at the given label (task b); the score of a stored meta-network of the model's
 family (experiment=meta_network), where one exists. Each is rated by detectors/signal_ranking.py,
-and a cross-fitted logistic regression over every signal that is not itself learned on these folds
-is the "everything" row.
+and a cross-fitted logistic regression over every signal but p_both (p_cond as each fold may see
+it) is the "everything" row.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ SIGNALS = {
 }
 TASKS = ("errors", "mislabeled")
 LABEL_SIGNALS = ("weight_distance_label", "loss")  # read the given label: task b only
-LEARNED = ("p_cond", "p_both")  # fitted on the samples' own folds: not inputs of the combination
+LEARNED = ("p_cond", "p_both")  # fitted on the samples' own folds: p_cond enters the combination per fold
 COMBINED = "everything"
 TASK_METRICS = dict(errors=ERROR_METRICS, mislabeled=MISLABEL_METRICS)
 POSITIVE = dict(errors="wrong", mislabeled="noisy")
@@ -223,7 +223,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         learned = []
     if learned:
         t0 = time.perf_counter()
-        p_cond, p_both = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),
+        p_cond, p_both, cond_seen = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),
                                                  values["conductance"], cond=mlp_params(e.detectors.cond_mlp),
                                                  combined=mlp_params(e.detectors.combined_mlp),
                                                  seed=int(e.sample_seed))
@@ -234,11 +234,15 @@ def run(ctx: RunContext) -> ExperimentOutput:
     per_sample = pd.DataFrame({**ctx.identity, "task": task, "sample_index": chosen.numpy(), **info["columns"],
                                "prediction": prediction, POSITIVE[task]: positive, **signals})
     inputs = [s for s in wanted if s not in LEARNED]
+    # p_cond enters as each fold's model may see it (out of fold inside its training folds); p_both,
+    # a second learned level on lcr and p_cond, would need one more level of nesting: left out
+    stacked = "p_cond" in wanted
     combined = None
-    if len(inputs) > 1 and fold is not None:
-        combined, _ = cross_fitted_combination(np.stack([signals[s] for s in inputs], 1), positive, fold=fold)
+    if len(inputs) + stacked > 1 and fold is not None:
+        combined, _ = cross_fitted_combination(np.stack([signals[s] for s in inputs], 1), positive, fold=fold,
+                                               fold_columns=cond_seen if stacked else None)
         per_sample[COMBINED] = combined
-    elif len(inputs) > 1:
+    elif len(inputs) + stacked > 1:
         log.warning("signals: %d %s are too few for a %d-fold combination; no '%s' row", n_pos, what, folds, COMBINED)
     if fold is not None:
         per_sample["fold"] = fold
@@ -249,7 +253,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
                         seed=int(e.sample_seed))
     cost_of = {s: _signal_cost(SIGNALS[s][1], costs) for s in wanted}
     if combined is not None:
-        works = sorted({k for s in inputs for k in SIGNALS[s][1].split("+")})
+        works = sorted({k for s in inputs + (["p_cond"] if stacked else []) for k in SIGNALS[s][1].split("+")})
         cost_of[COMBINED] = _signal_cost("+".join(works), costs)
     ranking = pd.DataFrame([{**ctx.identity, "task": task, "signal": r.signal, "direction": rated_dirs[r.signal],
                              "metric": r.metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,

@@ -162,19 +162,36 @@ def meta_network_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figu
 
 
 def signals_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | None:
-    """AUROC per signal (the "everything" combination included), one bar per run of a sweep (models,
-    datasets, tasks), from the merged ``ranking``; runs of both tasks are told apart in the legend."""
+    """AUROC of every signal (columns, the "everything" combination last) for every run of a sweep
+    (rows: models, datasets, tasks), from the merged ``ranking``, as an annotated heatmap; a row is
+    named by its label (what differs between the runs; its folder when the label is long) and, when
+    the runs hold both tasks, by its task."""
     ranking = tables.get("ranking")
     if ranking is None or not len(ranking):
         return None
     rows = ranking[ranking["metric"] == "auroc"].copy()
     if not len(rows):
         return None
-    tasks = set(rows["task"]) if "task" in rows else {"errors"}
-    if len(tasks) > 1:
-        rows["label"] = rows["label"].astype(str) + " (" + rows["task"].map(
-            {"errors": "wrong predictions", "mislabeled": "mislabeled points"}).fillna(rows["task"]) + ")"
-    what = "wrong predictions" if tasks == {"errors"} else "mislabeled points" if tasks == {"mislabeled"} else \
-        "the task's positives"
-    return grouped_bars(rows[["label", "signal", "value"]], "signal", "value", f"AUROC of {what}",
-                        f"boundary signals as detectors: {title}")
+    name = rows["label"].astype(str).where(rows["label"].astype(str).str.len() <= 45, rows["run"].astype(str))
+    if "task" in rows and rows["task"].nunique() > 1:
+        name = name + " · " + rows["task"].map({"errors": "wrong predictions", "mislabeled": "mislabeled points"})
+    rows["row"] = name
+    signals = list(dict.fromkeys(s for s in rows["signal"] if s != "everything"))
+    if (rows["signal"] == "everything").any():
+        signals.append("everything")
+    grid = rows.pivot_table(index="row", columns="signal", values="value", aggfunc="first", sort=False)
+    grid = grid.reindex(columns=signals)
+    fig = Figure(figsize=(2.0 + 0.62 * len(signals), 1.4 + 0.42 * len(grid)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(grid.to_numpy(dtype=float), vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(signals)), signals, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(grid)), list(grid.index), fontsize=8)
+    for i in range(len(grid)):
+        best = np.nanmax(grid.iloc[i].drop("everything", errors="ignore").to_numpy(dtype=float))
+        for j, v in enumerate(grid.iloc[i].to_numpy(dtype=float)):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > 0.8 else "white", fontweight="bold" if v == best else "normal")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="AUROC (bold: best single signal of the row)")
+    ax.set_title(f"boundary signals as detectors: {title}", fontsize=9)
+    return fig

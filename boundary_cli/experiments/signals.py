@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
+from torch import Tensor
 
 from boundary_cli.data.images import ImageData
 from boundary_cli.data.label_noise import label_noise, noisy_labels
@@ -166,8 +167,10 @@ def _signal_cost(work: str, costs: dict[str, dict]) -> dict[str, float]:
                 seconds_per_sample=per_sample("seconds"))
 
 
-def _targets(ctx: RunContext) -> tuple[object, object, object, np.ndarray, dict]:
-    """(images, given labels of all images, chosen indices, positive (N,), task columns and stats)."""
+def _targets(ctx: RunContext) -> tuple[Tensor, Tensor, Tensor, np.ndarray | None, dict]:
+    """(images (M, C, H, W), given labels (M,) of all of them, chosen indices (N,), task b's noisy
+    flags (N,) (None in task a, where the positives come from the predictions), table columns and
+    stats)."""
     e, data = ctx.cfg.experiment, ctx.data
     if e.task == "errors":
         chosen = select_samples(len(data.test_y), e.n_samples, int(e.sample_seed))

@@ -177,7 +177,7 @@ def test_the_mislabeled_task_on_a_dataset_without_a_training_split_is_one_line(t
 
 
 @pytest.mark.slow
-def test_sweep_then_report_gives_one_ranking_table_and_a_comparison(fake_fashion, tmp_path):
+def test_sweep_then_report_gives_a_ranking_table_per_run_and_a_comparison(fake_fashion, tmp_path):
     env = cli_env(fake_fashion["cache"], fake_fashion["data"])
     sweep = tmp_path / "sweep"
     boundary("run", "-m", "hydra/launcher=local", "experiment=signals", "dataset=fashion_mnist", "model=lenet",
@@ -185,8 +185,17 @@ def test_sweep_then_report_gives_one_ranking_table_and_a_comparison(fake_fashion
              "experiment.gaussian.count=10", "experiment.gaussian.scale=0.1,0.5", "experiment.bootstrap=0",
              f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
     boundary("report", str(sweep), cwd=tmp_path, env=env)
-    merged = pd.read_csv(sweep / "report" / "signals" / "ranking.csv")  # one table, a run column per model
+    merged = pd.read_csv(sweep / "report" / "signals" / "ranking.csv", dtype={"run": str})  # every run's rows, tagged by run
     assert merged["run"].nunique() == 2
     assert set(merged["signal"]) == {"msp", "entropy", "noise_ratio", "everything"}
+    per_run = sorted((sweep / "report" / "signals" / "rankings").glob("*.csv"))
+    assert [p.stem for p in per_run] == sorted(merged["run"].unique())  # one ranking table per run
+    for path in per_run:
+        table = pd.read_csv(path)
+        own = merged[(merged["run"] == path.stem) & (merged["metric"] == "auroc")].set_index("signal")["value"]
+        assert table["signal"].iloc[-1] == "everything" and table["auroc"].iloc[:-1].is_monotonic_decreasing
+        assert np.allclose(table.set_index("signal")["auroc"].reindex(own.index), own)
+    md = (sweep / "report" / "signals" / "rankings.md").read_text()
+    assert md.count("| signal | auroc | aupr | fpr_at_95_tpr |") == 2
     figures = list((sweep / "report").rglob("auroc.png"))
     assert len(figures) == 1 and figures[0].stat().st_size > 10_000

@@ -55,6 +55,8 @@ class Experiment:
         own_models: for an experiment that trains and stores its own models (the meta-network's
             zoo): cfg -> the ``model`` and ``training`` identity columns. The runner then obtains no
             model (``ctx.model`` is None) and the run's ``model`` / ``training`` columns are these.
+        report_files: merged tables of a sweep -> further files ``boundary report`` writes in
+            ``report/<name>/`` ({relative path: a table, written as CSV, or text}), e.g. one table per run.
         check_data: (cfg, data as loaded) -> None, raising BoundaryError with one clear line when the
             run cannot work on that data (before any model is obtained or other check is made).
     """
@@ -73,3 +75,4 @@ class Experiment:
     needs_aum: Callable[[DictConfig], bool] = lambda cfg: False
     own_models: Callable[[DictConfig], dict[str, str]] | None = None
     check_data: Callable[[DictConfig, Any], None] = lambda cfg, data: None
+    report_files: Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame | str]] | None = None

@@ -57,6 +57,7 @@ from boundary_cli.experiments.walking import validate_walk
 from boundary_cli.experiments.weights_boundary import weight_params
 from boundary_cli.reporting.comparison import signals_comparison
 from boundary_cli.reporting.roc import dress_error_roc, roc_curve_line
+from boundary_cli.reporting.signal_tables import report_files
 
 log = logging.getLogger(__name__)
 
@@ -325,4 +326,4 @@ def _spearman_figure(corr: np.ndarray, names: list[str], title: str) -> Figure:
 EXPERIMENT = Experiment(name="signals", validate=validate, run=run,
                         tables=("ranking", "signals_errors", "signals_mislabeled", "costs", "spearman"),
                         figures=("spearman",), compare=signals_comparison, compare_name="auroc",
-                        modifier=modifier, check_data=check_data)
+                        modifier=modifier, check_data=check_data, report_files=report_files)

@@ -13,7 +13,7 @@ import pandas as pd
 from boundary_cli.errors import BoundaryError
 from boundary_cli.experiments import EXPERIMENTS
 from boundary_cli.experiments.registry import Experiment
-from boundary_cli.io import write_csv, write_figure, write_npy
+from boundary_cli.io import write_csv, write_figure, write_npy, write_text
 from boundary_cli.reporting.plots import margins_figure
 from boundary_cli.reporting.summary import summarize_margins
 from boundary_cli.reporting.titles import run_title
@@ -108,6 +108,10 @@ def _merge_experiment(experiment: Experiment, runs: list[RunFound], out: Path, t
         fig = experiment.compare(merged_tables, title)
         if fig is not None:
             written.append(write_figure(out / experiment.name / f"{experiment.compare_name}.png", fig))
+    if experiment.report_files is not None and merged_tables:
+        for relative, content in experiment.report_files(merged_tables).items():
+            path = out / experiment.name / relative
+            written.append(write_csv(path, content) if isinstance(content, pd.DataFrame) else write_text(path, content))
     return written
 
 
@@ -186,7 +190,8 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, list[Path]]:
     summary.csv, margins.npy, margins_full.npy, margins.png: what the unsharded run writes) and count as one
     run. A folder with margins.csv and summary.csv but no run.json counts as a margin run too. Runs of
     every other experiment: their tables concatenated into ``report/<experiment>/<table>.csv``, tagged
-    the same way, and the experiment's comparison figure ``report/<experiment>/<figure>.png``.
+    the same way, the experiment's comparison figure ``report/<experiment>/<figure>.png``, and the files
+    its record derives from the merged tables (``report_files``: the signals sweep's ranking per run).
 
     Returns the report folder and the files written in it. Raises BoundaryError when no run results
     are found.

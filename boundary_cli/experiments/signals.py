@@ -226,6 +226,8 @@ def run(ctx: RunContext) -> ExperimentOutput:
         wanted = [s for s in wanted if s not in LEARNED]
         learned = []
     if learned:
+        log.info("signals: fitting the lcr detectors (p_cond, p_both) cross-fitted over %d folds: %d conductance "
+                 "MLPs and %d combined ones", folds, folds * folds, folds)
         t0 = time.perf_counter()
         p_cond, p_both, cond_seen = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),
                                                  values["conductance"], cond=mlp_params(e.detectors.cond_mlp),
@@ -298,7 +300,9 @@ def _roc_figure(signals: dict[str, np.ndarray], directions: dict[str, str], posi
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
     for i, (name, values) in enumerate(signals.items()):
-        style = dict(color="black", lw=2.2) if name == COMBINED else dict(color=f"C{i}", lw=1.3)
+        # ten colours, then the same ten dashed: no two curves look alike
+        style = dict(color="black", lw=2.2) if name == COMBINED else dict(color=f"C{i % 10}", lw=1.3,
+                                                                          ls="-" if i < 10 else "--")
         roc_curve_line(ax, positive, np.nan_to_num(oriented(values, directions[name]), posinf=1e30, neginf=-1e30),
                        name, **style)
     what, other = ("wrong predictions", "right predictions") if task == "errors" else \

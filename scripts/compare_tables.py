@@ -39,6 +39,9 @@ import pandas as pd
 # short training runs (a 3-epoch reference recipe; flip_adam for 4 epochs with two snapshots, shared by the
 # four flip experiments), so every model is trained once per commit and the whole comparison stays small
 FLIP_TRAIN = ["training.recipe.epochs=4", "training.save_epochs=[2,4]"]
+SIGNALS_FAST = ["experiment.deepfool.max_iter=30", "experiment.refinement.steps=10", "experiment.gaussian.count=20",
+                "experiment.bootstrap=50", "experiment.mutants.n_mutants=20", "experiment.mutants.max_attempts=200",
+                "experiment.detectors.cond_mlp.epochs=5", "experiment.walk.max_steps=200"]
 RUNS: dict[str, list[str]] = {
     "margin": ["experiment=margin", "training=quick", "experiment.n_samples=20", "experiment.chunk_size=10"],
     "margin_flip": ["experiment=margin", "training=quick", "dataset.variant=flip", "experiment.n_samples=10"],
@@ -56,9 +59,12 @@ RUNS: dict[str, list[str]] = {
             "experiment.min_wrong=10", "experiment.mutants.n_mutants=12", "experiment.mutants.max_attempts=60",
             "experiment.mutants.gamma=0.05", "experiment.auroc_counts=[4,8,12]",
             "experiment.detectors.cond_mlp.epochs=3", "experiment.conductance.n_steps=4"],
+    "signals": ["experiment=signals", "training=quick", "experiment.n_samples=all", *SIGNALS_FAST],
+    "signals_mislabeled": ["experiment=signals", "experiment.task=mislabeled", "training=quick",
+                           "experiment.n_samples=300", "experiment.label_noise.rate=0.2", *SIGNALS_FAST],
 }
 COMMON = ["dataset=digits", "device=cpu"]
-IGNORED = re.compile(r"^(seconds|.*_s|.*time.*)$")  # wall-clock columns differ between any two runs
+IGNORED = re.compile(r"^(seconds.*|.*_s|.*time.*)$")  # wall-clock columns differ between any two runs
 
 
 def sh(cmd: list[str], log: Path | None = None, **kw) -> None:

@@ -34,6 +34,8 @@ from boundary_cli.detectors.ranking import precision_at_noise
 DIRECTIONS = ("high", "low")
 ERROR_METRICS = ("auroc", "aupr", "fpr_at_95_tpr")
 MISLABEL_METRICS = ("auroc", "precision_at_k", "aupr")
+COMBINED = "everything"  # the cross-fitted combination's row among the signals
+TASK_POSITIVES = dict(errors="wrong predictions", mislabeled="mislabeled points")  # what each task detects
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ from boundary_cli.data.label_noise import label_noise, noisy_labels
 from boundary_cli.data.modifier import DataModifier
 from boundary_cli.detectors.detection import cross_fitted_lcr_scores
 from boundary_cli.detectors.signal_ranking import (
+    COMBINED,
     ERROR_METRICS,
     MISLABEL_METRICS,
+    TASK_POSITIVES,
     cross_fitted_combination,
     oriented,
     rank_signals,
@@ -75,7 +77,6 @@ SIGNALS = {
 TASKS = ("errors", "mislabeled")
 LABEL_SIGNALS = ("weight_distance_label", "loss")  # read the given label: task b only
 LEARNED = ("p_cond", "p_both")  # fitted on the samples' own folds: p_cond enters the combination per fold
-COMBINED = "everything"
 TASK_METRICS = dict(errors=ERROR_METRICS, mislabeled=MISLABEL_METRICS)
 POSITIVE = dict(errors="wrong", mislabeled="noisy")
 
@@ -209,7 +210,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
     else:
         positive = noisy.astype(bool)
     n_pos, n = int(positive.sum()), len(positive)
-    what = "wrong predictions" if task == "errors" else "mislabeled points"
+    what = TASK_POSITIVES[task]
     if n_pos == 0 or n_pos == n:
         raise BoundaryError(f"{'all' if n_pos == n else 'none'} of the {n} samples are {what}: there is nothing to "
                             f"detect; raise experiment.n_samples{' or experiment.label_noise.rate' if task != 'errors' else ''}")
@@ -226,8 +227,7 @@ def run(ctx: RunContext) -> ExperimentOutput:
         wanted = [s for s in wanted if s not in LEARNED]
         learned = []
     if learned:
-        log.info("signals: fitting the lcr detectors (p_cond, p_both) cross-fitted over %d folds: %d conductance "
-                 "MLPs and %d combined ones", folds, folds * folds, folds)
+        log.info("signals: fitting the lcr detectors (p_cond, p_both), cross-fitted over %d folds", folds)
         t0 = time.perf_counter()
         p_cond, p_both, cond_seen = cross_fitted_lcr_scores(fold, positive, values.get("lcr", np.zeros(n)),
                                                  values["conductance"], cond=mlp_params(e.detectors.cond_mlp),

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from boundary_cli.detectors.signal_ranking import COMBINED, TASK_POSITIVES
 from boundary_cli.geometry.walks import OWN, STATUSES, nearest_flip
 from boundary_cli.reporting.plots import comparison_figure
 
@@ -174,11 +175,11 @@ def signals_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | 
         return None
     name = rows["label"].astype(str).where(rows["label"].astype(str).str.len() <= 45, rows["run"].astype(str))
     if "task" in rows and rows["task"].nunique() > 1:
-        name = name + " · " + rows["task"].map({"errors": "wrong predictions", "mislabeled": "mislabeled points"})
+        name = name + " · " + rows["task"].map(TASK_POSITIVES)
     rows["row"] = name
-    signals = list(dict.fromkeys(s for s in rows["signal"] if s != "everything"))
-    if (rows["signal"] == "everything").any():
-        signals.append("everything")
+    signals = list(dict.fromkeys(s for s in rows["signal"] if s != COMBINED))
+    if (rows["signal"] == COMBINED).any():
+        signals.append(COMBINED)
     grid = rows.pivot_table(index="row", columns="signal", values="value", aggfunc="first", sort=False)
     grid = grid.reindex(columns=signals)
     fig = Figure(figsize=(2.0 + 0.62 * len(signals), 1.4 + 0.42 * len(grid)), layout="constrained")
@@ -187,7 +188,7 @@ def signals_comparison(tables: dict[str, pd.DataFrame], title: str) -> Figure | 
     ax.set_xticks(range(len(signals)), signals, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(grid)), list(grid.index), fontsize=8)
     for i in range(len(grid)):
-        best = np.nanmax(grid.iloc[i].drop("everything", errors="ignore").to_numpy(dtype=float))
+        best = np.nanmax(grid.iloc[i].drop(COMBINED, errors="ignore").to_numpy(dtype=float))
         for j, v in enumerate(grid.iloc[i].to_numpy(dtype=float)):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,

@@ -15,8 +15,10 @@ import re
 import numpy as np
 import pandas as pd
 
-COMBINED = "everything"
-COSTS = ("forwards_per_sample", "backwards_per_sample", "seconds_per_sample")
+from boundary_cli.detectors.signal_ranking import COMBINED, TASK_POSITIVES
+
+COSTS = {"forwards_per_sample": "fwd/sample", "backwards_per_sample": "bwd/sample",
+         "seconds_per_sample": "ms/sample"}  # cost column -> its Markdown header
 KEEP = ("run", "label", "dataset", "model", "training", "task", "n_samples", "n_positive")
 LOWER_IS_BETTER = ("fpr_at_95_tpr",)
 
@@ -88,7 +90,7 @@ def rankings_markdown(tables: dict[str, pd.DataFrame]) -> str:
     for run, t in tables.items():
         metrics = [c for c in t.columns if f"{c}_ci_low" in t.columns]
         head = t.iloc[0]
-        what = {"errors": "wrong predictions", "mislabeled": "mislabeled points"}.get(str(head.get("task", "")), "")
+        what = TASK_POSITIVES.get(str(head.get("task", "")), "")
         counts = (f"{int(head['n_samples'])} samples, {int(head['n_positive'])} {what or 'positives'}"
                   if "n_samples" in t and "n_positive" in t else "")
         title = " · ".join(str(head[c]) for c in ("dataset", "model", "training") if c in t)
@@ -96,9 +98,7 @@ def rankings_markdown(tables: dict[str, pd.DataFrame]) -> str:
         single = t[t["signal"] != COMBINED]
         best = {m: (single[m].min() if m in LOWER_IS_BETTER else single[m].max()) for m in metrics}
         cost_cols = [c for c in COSTS if c in t]
-        names = {"forwards_per_sample": "fwd/sample", "backwards_per_sample": "bwd/sample",
-                 "seconds_per_sample": "ms/sample"}
-        lines = ["| " + " | ".join(["signal", *metrics, *(names[c] for c in cost_cols)]) + " |",
+        lines = ["| " + " | ".join(["signal", *metrics, *(COSTS[c] for c in cost_cols)]) + " |",
                  "|" + "---|" * (1 + len(metrics) + len(cost_cols))]
         for _, r in t.iterrows():
             cells = [r["signal"] + (" (cross-fitted)" if r["signal"] == COMBINED else "")]
